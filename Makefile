@@ -33,7 +33,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 book: $(VENV)/.installed
-	$(PY) -m jupyter_book build . --builder html -W -n --keep-going
+	$(VENV)/bin/jupyter-book build . --builder html -W -n --keep-going
 	@echo "The book is in _build/html; open _build/html/index.html in a browser."
 
 unit: $(VENV)/.installed

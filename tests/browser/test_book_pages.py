@@ -1,0 +1,185 @@
+"""The built book in a real browser: headless Chromium, offline, driven by Playwright.
+
+Needs `make book` first (`make test` does it). Every request that leaves localhost is blocked
+and recorded, so passing proves the pages work with no network: MathJax is served from the
+book itself, figures are embedded, and the static slider runs on its own script.
+
+Chromium is Debian's (/usr/bin/chromium) or the one named by $CHROMIUM. Without one the test
+skips, unless MLBOOK_REQUIRE_BROWSER=1 (set by .ci/run), when it fails.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import pathlib
+import shutil
+import threading
+from urllib.parse import urlparse
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+HTML = ROOT / "_build" / "html"
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+RAW_TEX = ["\\frac", "\\mathbb", "\\mathrm", "\\log", "\\qquad", "$$", "\\(", "\\["]
+
+
+def _chromium() -> str | None:
+    for candidate in (os.environ.get("CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        if candidate and shutil.which(candidate):
+            return shutil.which(candidate)
+    return None
+
+
+def _missing(reason: str):
+    if os.environ.get("MLBOOK_REQUIRE_BROWSER") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def server():
+    if not (HTML / "index.html").exists():
+        _missing("no built book in _build/html: run `make book` first")
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(HTML)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = _chromium()
+    if executable is None:
+        _missing("no Chromium found (install Debian's `chromium`, or set $CHROMIUM)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_FLAGS)
+        yield b
+        b.close()
+
+
+class Page:
+    """A page opened offline, with every blocked request and script error recorded."""
+
+    def __init__(self, browser, url: str):
+        self.external, self.failed, self.errors = [], [], []
+        self.context = browser.new_context(viewport={"width": 1280, "height": 900})
+        self.page = self.context.new_page()
+        self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        self.page.on("requestfailed", lambda req: self.failed.append(req.url))
+        self.page.route("**/*", self._route)
+        response = self.page.goto(url, wait_until="load")
+        assert response is not None and response.ok, f"{url} answered {response and response.status}"
+        # MathJax 3 typesets asynchronously; wait until it reports being done.
+        self.page.wait_for_function("window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=20_000)
+        self.page.evaluate("MathJax.startup.promise")
+
+    def _route(self, route):
+        host = urlparse(route.request.url).hostname
+        if route.request.url.startswith("data:") or host in ("127.0.0.1", "localhost"):
+            route.continue_()
+        else:
+            self.external.append(route.request.url)
+            route.abort()
+
+    def text(self) -> str:
+        return self.page.inner_text("main")
+
+    def screenshot(self, name: str, **kwargs) -> pathlib.Path:
+        ARTIFACTS.mkdir(exist_ok=True)
+        path = ARTIFACTS / name
+        self.page.screenshot(path=str(path), **kwargs)
+        print(f"\nscreenshot: {path}")
+        return path
+
+    def close(self):
+        self.context.close()
+
+
+def _assert_math_rendered(page: Page, minimum: int):
+    rendered = page.page.locator("mjx-container").count()
+    assert rendered >= minimum, f"only {rendered} formulas typeset by MathJax"
+    errors = page.page.locator("mjx-merror").count()
+    assert errors == 0, f"{errors} formulas failed to typeset"
+    text = page.text()
+    leftover = [tex for tex in RAW_TEX if tex in text]
+    assert not leftover, f"raw TeX left on the page: {leftover}"
+
+
+def _assert_clean(page: Page):
+    assert not page.errors, f"JavaScript errors: {page.errors}"
+    local_failures = [u for u in page.failed if u not in page.external]
+    assert not local_failures, f"resources of the book failed to load: {local_failures}"
+
+
+def test_chapter_page_renders_math_offline(server, browser):
+    page = Page(browser, f"{server}/book/kl.html")
+    try:
+        _assert_math_rendered(page, minimum=40)
+        # Numbered equations and cross-references resolved to numbers.
+        assert page.page.locator("span.eqno").count() >= 10
+        assert page.page.locator("a[href^='#equation-kl-']").count() >= 10
+        # Theorem and proof blocks, exercises with solutions hidden until clicked.
+        assert page.page.locator("div.theorem").count() >= 1
+        assert page.page.locator("div.proof").count() >= 2
+        solutions = page.page.locator("div.solution")
+        assert solutions.count() == 3
+        body = solutions.first.locator("p").last
+        assert not body.is_visible(), "exercise solutions should start folded"
+        solutions.first.locator(".admonition-title").click()
+        body.wait_for(state="visible", timeout=5_000)
+        # Citations link to the bibliography.
+        assert page.page.locator("a[href*='bibliography.html']").count() >= 3
+        page.screenshot("kl-chapter.png", full_page=False)
+        _assert_clean(page)
+        # MathJax itself was served by the book: nothing it needed was blocked.
+        assert not [u for u in page.external if "mathjax" in u.lower()], page.external
+    finally:
+        page.close()
+
+
+def test_notebook_page_figures_and_static_slider(server, browser):
+    page = Page(browser, f"{server}/notebooks/kl_approximation.html")
+    try:
+        _assert_math_rendered(page, minimum=10)
+        # Executed outputs are in the page: the checked table and the figures.
+        assert "torch exact" in page.text()
+        figures = page.page.locator("img[src$='.png'], img[src^='data:image/png']")
+        assert figures.count() >= 2
+        widths = figures.evaluate_all("imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
+        assert all(w > 100 for w in widths), f"figure failed to load: natural widths {widths}"
+        # Launch buttons to Colab and Binder.
+        hrefs = page.page.locator("a[href*='colab.research.google.com'], a[href*='mybinder.org']")
+        assert hrefs.count() >= 2
+
+        slider = page.page.locator("div.mlbook-slider").first
+        slider.scroll_into_view_if_needed()
+        frame = slider.locator("img.mlbook-frame")
+        first_src, first_frame = frame.get_attribute("src"), slider.get_attribute("data-frame")
+        assert first_frame is not None, "the slider's script did not run"
+        before = page.screenshot("kl-slider-before.png", clip=slider.bounding_box())
+        ranges = slider.locator("input.mlbook-range")
+        assert ranges.count() == 2
+        label = ranges.first.locator("xpath=following-sibling::output")
+        old_label = label.inner_text()
+        ranges.first.focus()
+        page.page.keyboard.press("ArrowRight")
+        page.page.wait_for_function(
+            "([el, old]) => el.getAttribute('data-frame') !== old", arg=[slider.element_handle(), first_frame])
+        assert frame.get_attribute("src") != first_src, "moving the slider did not change the figure"
+        assert label.inner_text() != old_label, "moving the slider did not update its value label"
+        after = page.screenshot("kl-slider-after.png", clip=slider.bounding_box())
+        assert before.read_bytes() != after.read_bytes()
+        _assert_clean(page)
+    finally:
+        page.close()
