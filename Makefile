@@ -16,7 +16,7 @@ export MLBOOK_PROGRESS ?= 0
 export PYTHONHASHSEED = 0
 export MPLBACKEND = Agg
 
-.PHONY: book test unit notebooks browser lab sync-notebooks record-notebooks check-notebooks clean
+.PHONY: install book test unit notebooks browser lab sync-notebooks record-notebooks check-notebooks clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10) and "Python 3.10 or newer is needed")'
@@ -32,25 +32,26 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mlbook)" >/dev/null
 	touch $@
 
+install: $(VENV)/.installed
+
 book: $(VENV)/.installed
-	$(VENV)/bin/jupyter-book build . --builder html -W -n --keep-going
+	@start=$$(date +%s); \
+	$(VENV)/bin/jupyter-book build . --builder html -W -n --keep-going; \
+	status=$$?; echo "book build: $$(( $$(date +%s) - start )) s"; exit $$status
 	@echo "The book is in _build/html; open _build/html/index.html in a browser."
 
 unit: $(VENV)/.installed
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests --ignore=tests/browser -q
 
 notebooks: $(VENV)/.installed
 	$(PY) -m pytest notebooks --nbval-lax --nbval-current-env -n $(JOBS) --dist loadfile -q
 
 browser: book
-	$(PY) -m pytest tests/browser -q -s
+	$(PY) -m pytest tests/browser -q -rs
 
 test: $(VENV)/.installed
 	$(PY) tests/notebook_tools.py check
-	$(PY) -m pytest tests --ignore=tests/browser -q
-	$(PY) -m pytest notebooks --nbval-lax --nbval-current-env -n $(JOBS) --dist loadfile -q
-	$(MAKE) --no-print-directory book
-	$(PY) -m pytest tests/browser -q -s
+	$(MAKE) --no-print-directory unit notebooks browser
 
 lab: $(VENV)/.installed
 	MLBOOK_PROGRESS=1 $(VENV)/bin/jupyter lab notebooks

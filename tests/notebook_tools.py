@@ -112,7 +112,7 @@ def problems() -> list[str]:
     if not all_nbs:
         found.append("no notebooks found under notebooks/")
     for path in all_nbs:
-        rel = path.relative_to(ROOT)
+        rel = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
         nb = _load(path)
         cells = nb["cells"]
         if not cells or cells[0]["cell_type"] != "code" or _source(cells[0]) != expected:
