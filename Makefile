@@ -14,7 +14,6 @@ JOBS ?= 2
 
 export MLBOOK_PROGRESS ?= 0
 export PYTHONHASHSEED = 0
-export MPLBACKEND = Agg
 
 .PHONY: install book test unit notebooks browser lab sync-notebooks record-notebooks check-notebooks clean
 

@@ -154,8 +154,8 @@ def test_notebook_page_figures_and_static_slider(server, browser):
         _assert_math_rendered(page, minimum=10)
         # Executed outputs are in the page: the checked table and the figures.
         assert "torch exact" in page.text()
-        figures = page.page.locator("img[src$='.png'], img[src^='data:image/png']")
-        assert figures.count() >= 2
+        figures = page.page.locator("div.cell_output img")
+        assert figures.count() >= 2, "expected the sd/KL figure and the slider's frame"
         widths = figures.evaluate_all("imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
         assert all(w > 100 for w in widths), f"figure failed to load: natural widths {widths}"
         # Launch buttons to Colab and Binder.
