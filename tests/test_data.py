@@ -205,10 +205,6 @@ def test_checkerboard_samples_only_on_dark_squares_and_uniformly():
     assert np.all(np.isfinite(cb.log_prob(torch.from_numpy(x)).numpy()))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "data.py:161 computes (cell index + u) in float32; for u near 1 (e.g. the largest float32 "
-    "below 1, a possible torch.rand output) it rounds up to the next cell index, so the sample "
-    "lands on a light square or the board edge and log_prob gives -inf"))
 def test_checkerboard_extreme_uniform_draws_stay_on_their_dark_square(monkeypatch):
     below_one = float(np.nextafter(np.float32(1.0), np.float32(0.0)))
     real_rand = torch.rand

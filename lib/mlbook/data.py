@@ -158,7 +158,9 @@ class Checkerboard(ToyDistribution):
     def _sample(self, n, generator):
         dark = torch.tensor([(i, j) for i in range(self.squares) for j in range(self.squares) if (i + j) % 2 == 0])
         pick = dark[torch.randint(len(dark), (n,), generator=generator)]     # (n, 2) cell indices
-        return (pick + torch.rand(n, 2, generator=generator)) * self.cell - self.half_width
+        # Keep offsets a hair inside the square: in float32, pick + u can round up to pick + 1.
+        u = torch.rand(n, 2, generator=generator, dtype=torch.float64).clamp(1e-6, 1 - 1e-6)
+        return ((pick + u) * self.cell - self.half_width).float()
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         x = self._check_points(x)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import time
 from collections.abc import Sequence
 
@@ -9,9 +10,9 @@ __all__ = ["table", "Timer"]
 
 
 def _cell(value, digits: int) -> str:
-    if isinstance(value, float):
-        text = f"{value:.{digits}f}"
-        return "0." + "0" * digits if text == "-0." + "0" * digits else text  # no "-0.000"
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        text = f"{float(value):.{digits}f}"
+        return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.000"
     return str(value)
 
 

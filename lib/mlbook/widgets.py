@@ -119,7 +119,9 @@ class SliderPlot:
         frames = [base64.b64encode(self.render(ix)).decode("ascii") for ix in grid]
         data = {"names": self.names, "labels": [[_label(x) for x in v] for v in self.values],
                 "sizes": [len(v) for v in self.values], "frames": frames, "title": self.title}
-        payload = json.dumps(data).replace("</", "<\\/")
+        # No "<" may reach the page inside the script element ("</script>", "<!--" would end or
+        # derail it); JSON reads the escapes back as the same characters.
+        payload = json.dumps(data).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
         controls = "".join(
             f'<label style="margin-right:1.5em">{html.escape(name)} '
             f'<input class="mlbook-range" type="range" min="0" max="{len(vals) - 1}" step="1" value="{i}"'

@@ -1,0 +1,85 @@
+"""mlbook.report: plain-text tables and the wall-clock timer."""
+
+import time
+
+import pytest
+
+from mlbook.report import Timer, table
+
+
+def cells(text):
+    return [line.split() for line in text.splitlines()]
+
+
+def test_table_layout_header_rule_rows():
+    text = table([["a", 1.5], ["bbbb", 22.25]], ["name", "value"])
+    lines = text.splitlines()
+    assert len(lines) == 4
+    assert cells(text)[0] == ["name", "value"]
+    assert set(lines[1].replace(" ", "")) == {"-"}
+    assert cells(text)[2:] == [["a", "1.500"], ["bbbb", "22.250"]]
+
+
+def test_table_columns_are_right_aligned_to_the_widest_cell():
+    text = table([["a", 1.0], ["bbbbbb", 123.0]], ["n", "x"], digits=1)
+    lines = text.splitlines()
+    assert len({len(line) for line in lines}) == 1                    # every line equally wide
+    widths = [len("bbbbbb"), len("123.0")]
+    assert lines[1] == "-" * widths[0] + "  " + "-" * widths[1]
+    for line in lines[:1] + lines[2:]:
+        first, second = line[:widths[0]], line[widths[0] + 2:]
+        assert line[widths[0]:widths[0] + 2] == "  "
+        assert first == first.strip().rjust(widths[0]) and second == second.strip().rjust(widths[1])
+    assert lines[2] == "     a    1.0"
+
+
+@pytest.mark.parametrize("digits, value, expected", [(3, 3.14159, "3.142"), (1, 2.25, "2.2"),
+                                                     (5, 1 / 3, "0.33333"), (2, 1e6, "1000000.00")])
+def test_table_rounds_floats_to_digits(digits, value, expected):
+    assert cells(table([[value]], ["v"], digits=digits))[2] == [expected]
+
+
+def test_table_leaves_non_floats_alone():
+    assert cells(table([[7, "x", None, True]], ["i", "s", "n", "b"]))[2] == ["7", "x", "None", "True"]
+
+
+@pytest.mark.parametrize("value", [-0.0, -1e-9, -0.0004])
+def test_table_never_prints_negative_zero(value):
+    assert cells(table([[value]], ["v"], digits=3))[2] == ["0.000"]
+
+
+def test_table_keeps_the_sign_of_real_negatives():
+    assert cells(table([[-0.0006]], ["v"], digits=3))[2] == ["-0.001"]
+
+
+def test_table_never_prints_negative_zero_with_zero_digits():
+    assert cells(table([[-0.2]], ["v"], digits=0))[2] == ["0"]
+
+
+def test_table_with_no_rows_is_header_and_rule():
+    assert table([], ["a", "bb"]).splitlines() == ["a  bb", "-  --"]
+
+
+@pytest.mark.parametrize("rows", [[[1.0]], [[1.0, 2.0, 3.0]], [[1.0, 2.0], [1.0]]])
+def test_table_row_length_mismatch_raises(rows):
+    with pytest.raises(ValueError, match="every row must have 2 cells"):
+        table(rows, ["a", "b"])
+
+
+def test_timer_measures_a_sleep():
+    with Timer() as t:
+        time.sleep(0.05)
+    assert 0.05 <= t.seconds < 1.0
+
+
+def test_timer_measures_nothing_as_almost_zero():
+    with Timer() as t:
+        pass
+    assert 0 <= t.seconds < 0.05
+
+
+def test_timer_does_not_swallow_exceptions():
+    with pytest.raises(KeyError):
+        with Timer() as t:
+            raise KeyError("x")
+    assert t.seconds >= 0
