@@ -46,7 +46,7 @@ notebooks: $(VENV)/.installed
 	$(PY) -m pytest notebooks --nbval-lax --nbval-current-env -n $(JOBS) --dist loadfile -q
 
 browser: book
-	$(PY) -m pytest tests/browser -q -rs
+	$(PY) -m pytest tests/browser -q -s -rs
 
 test: $(VENV)/.installed
 	$(PY) tests/notebook_tools.py check

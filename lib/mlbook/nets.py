@@ -1,0 +1,56 @@
+"""Small networks shared by the chapters."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from . import _checks
+
+__all__ = ["TimeEmbedding", "TimeMLP"]
+
+
+class TimeEmbedding(nn.Module):
+    """Fourier features of a time t in [0, 1]: sin and cos at geometrically spaced frequencies."""
+
+    def __init__(self, n_frequencies: int = 16, max_frequency: float = 500.0):
+        super().__init__()
+        n_frequencies = _checks.integer(n_frequencies, "n_frequencies", minimum=1)
+        freqs = torch.exp(torch.linspace(0.0, math.log(max_frequency), n_frequencies))
+        self.register_buffer("freqs", freqs)
+        self.dim = 2 * n_frequencies
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        angles = t.to(self.freqs.dtype)[:, None] * self.freqs          # (n, F)
+        return torch.cat([angles.sin(), angles.cos()], dim=1)          # (n, 2F)
+
+
+class TimeMLP(nn.Module):
+    """An MLP f(x, t) -> R^out for x in R^dim and a time t, e.g. a diffusion denoiser or a velocity.
+
+    The time enters through :class:`TimeEmbedding` features added to every hidden layer.
+    """
+
+    def __init__(self, dim: int = 2, hidden: int = 128, layers: int = 3, out: int | None = None,
+                 n_frequencies: int = 16):
+        super().__init__()
+        self.dim = _checks.integer(dim, "dim", minimum=1)
+        hidden = _checks.integer(hidden, "hidden", minimum=1)
+        layers = _checks.integer(layers, "layers", minimum=1)
+        self.embed = TimeEmbedding(n_frequencies)
+        self.inp = nn.Linear(self.dim, hidden)
+        self.time = nn.ModuleList(nn.Linear(self.embed.dim, hidden) for _ in range(layers))
+        self.hidden = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers - 1))
+        self.out = nn.Linear(hidden, out or self.dim)
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        _checks.tensor(x, "x", ndim=2, last_dim=self.dim, floating=True)
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        emb = self.embed(t).to(x.dtype)                                 # (n, 2F)
+        h = self.act(self.inp(x) + self.time[0](emb))                   # (n, hidden)
+        for lin, tlin in zip(self.hidden, self.time[1:]):
+            h = self.act(lin(h) + tlin(emb))
+        return self.out(h)

@@ -1,0 +1,153 @@
+r"""Samplers for diffusion models, one short function each, all with the same signature::
+
+    sample_xxx(score, process, x, ts, *, generator=None, callback=None, show_progress=None) -> x
+
+``score(x, t)`` is the model's score (``diffusion.score_from_eps`` turns an epsilon model into one;
+``diffusion.MixtureScore`` is the exact one); ``process`` gives alpha_t, sigma_t, f and g;
+``x`` holds samples at time ``ts[0]``; ``ts`` decreases to the final time. ``callback(i, t, x)``
+sees the state after step i, at time ``ts[i + 1]``. Equation labels refer to the diffusion chapters.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _checks, ode
+from .diffusion import NoiseProcess, _col
+from .train import progress
+
+__all__ = ["probability_flow", "sample_ancestral", "sample_langevin", "sample_euler_maruyama",
+           "sample_pc", "sample_ode", "SAMPLERS"]
+
+
+def _setup(score, process, x, ts):
+    if not callable(score):
+        raise TypeError("score must be callable as score(x, t)")
+    if not isinstance(process, NoiseProcess):
+        raise TypeError(f"process must be a NoiseProcess, got {type(process).__name__}")
+    _checks.tensor(x, "x", ndim=2, floating=True)
+    ts = ode.check_grid(ts).to(x.device, x.dtype)
+    if not bool((ts.diff() < 0).all()):
+        raise ValueError("ts must decrease: samplers run from noise (t near 1) to data (t near 0)")
+    return ts
+
+
+def _noise(x: torch.Tensor, generator) -> torch.Tensor:
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+
+
+def _steps(ts, show_progress, desc):
+    return progress(range(len(ts) - 1), desc=desc, enabled=show_progress)
+
+
+def _t(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return t.expand(x.shape[0])
+
+
+def probability_flow(score, process: NoiseProcess):
+    """The velocity v(x, t) = f(t) x - g(t)^2 / 2 * score(x, t) of the probability-flow ODE, eq. (sde-pf-ode)."""
+    def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return _col(process.f(t), x) * x - 0.5 * _col(process.g2(t), x) * score(x, t)
+    return velocity
+
+
+@torch.no_grad()
+def sample_ancestral(score, process, x, ts, *, generator=None, callback=None, show_progress=None):
+    """Ancestral sampling: x_s ~ q(x_s | x_t, x0_hat) with Tweedie's x0_hat, eqs. (ddpm-ancestral), (gauss-posterior).
+
+    With a DDPM process and its full grid this is Ho et al.'s sampler with the posterior variance
+    beta_tilde; on a coarser grid it takes the same Gaussian step between the grid's times.
+    """
+    ts = _setup(score, process, x, ts)
+    for i in _steps(ts, show_progress, "ancestral"):
+        t, s = _t(ts[i], x), _t(ts[i + 1], x)
+        a, sig = _col(process.alpha(t), x), _col(process.sigma(t), x)
+        x0_hat = (x + sig**2 * score(x, t)) / a                                   # eq. (score-tweedie)
+        mean, std = process.posterior(x, x0_hat, t, s)
+        x = mean + std * _noise(x, generator)
+        if callback is not None:
+            callback(i, float(ts[i + 1]), x)
+    return x
+
+
+@torch.no_grad()
+def sample_langevin(score, process, x, ts, *, generator=None, callback=None, show_progress=None,
+                    n_steps: int = 10, step_scale: float = 0.1, denoise: bool = True):
+    """Annealed Langevin dynamics over the noise levels sigma_t of ``ts``, eq. (score-annealed).
+
+    At each level, ``n_steps`` updates x <- x + eta/2 score + sqrt(eta) z with eta = step_scale * sigma_t^2.
+    ``denoise`` ends with Tweedie's estimate of x_0 at the last level, removing its residual noise.
+    """
+    ts = _setup(score, process, x, ts)
+    n_steps = _checks.integer(n_steps, "n_steps", minimum=1)
+    step_scale = _checks.real(step_scale, "step_scale", positive=True)
+    levels = range(len(ts))
+    for i in progress(levels, desc="Langevin", enabled=show_progress):
+        t = _t(ts[i], x)
+        eta = step_scale * _col(process.sigma(t), x) ** 2
+        for _ in range(n_steps):
+            x = x + 0.5 * eta * score(x, t) + eta.sqrt() * _noise(x, generator)
+        if callback is not None and i > 0:
+            callback(i - 1, float(ts[i]), x)
+    if denoise:
+        t = _t(ts[-1], x)
+        sig, a = _col(process.sigma(t), x), _col(process.alpha(t), x)
+        x = (x + sig**2 * score(x, t)) / a
+    return x
+
+
+@torch.no_grad()
+def sample_euler_maruyama(score, process, x, ts, *, generator=None, callback=None, show_progress=None):
+    """The reverse-time SDE by Euler-Maruyama, eqs. (sde-reverse) and (sde-euler-maruyama)."""
+    ts = _setup(score, process, x, ts)
+    for i in _steps(ts, show_progress, "reverse SDE"):
+        t, h = _t(ts[i], x), ts[i] - ts[i + 1]
+        f, g2 = _col(process.f(t), x), _col(process.g2(t), x)
+        x = x - h * (f * x - g2 * score(x, t)) + (g2 * h).sqrt() * _noise(x, generator)
+        if callback is not None:
+            callback(i, float(ts[i + 1]), x)
+    return x
+
+
+@torch.no_grad()
+def sample_pc(score, process, x, ts, *, generator=None, callback=None, show_progress=None,
+              snr: float = 0.16, n_corrector: int = 1):
+    """Predictor-corrector: an Euler-Maruyama step, then Langevin corrector steps at the new time.
+
+    The corrector's step is eta = 2 (snr ||z|| / ||score||)^2 with the norms averaged over the batch,
+    eq. (sde-predictor-corrector).
+    """
+    ts = _setup(score, process, x, ts)
+    snr = _checks.real(snr, "snr", positive=True)
+    n_corrector = _checks.integer(n_corrector, "n_corrector", minimum=0)
+    for i in _steps(ts, show_progress, "predictor-corrector"):
+        t, h = _t(ts[i], x), ts[i] - ts[i + 1]
+        f, g2 = _col(process.f(t), x), _col(process.g2(t), x)
+        x = x - h * (f * x - g2 * score(x, t)) + (g2 * h).sqrt() * _noise(x, generator)
+        s = _t(ts[i + 1], x)
+        for _ in range(n_corrector):
+            grad, z = score(x, s), _noise(x, generator)
+            # Norms averaged over the batch: a per-sample ratio explodes where the score vanishes.
+            ratio = z.norm(dim=1).mean() / grad.norm(dim=1).mean().clamp_min(1e-12)
+            eta = 2 * (snr * ratio) ** 2
+            x = x + eta * grad + (2 * eta).sqrt() * z
+        if callback is not None:
+            callback(i, float(ts[i + 1]), x)
+    return x
+
+
+@torch.no_grad()
+def sample_ode(score, process, x, ts, *, generator=None, callback=None, show_progress=None,
+               method: str = "heun"):
+    """The probability-flow ODE, eq. (sde-pf-ode), by Euler, Heun or RK4 (``method``); deterministic."""
+    ts = _setup(score, process, x, ts)
+    return ode.solve(probability_flow(score, process), x, ts, method=method, callback=callback)
+
+
+SAMPLERS = {
+    "ancestral": sample_ancestral,
+    "langevin": sample_langevin,
+    "euler_maruyama": sample_euler_maruyama,
+    "pc": sample_pc,
+    "ode": sample_ode,
+}
