@@ -93,6 +93,17 @@ class GaussianMixture(ToyDistribution):
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         return torch.logsumexp(self.component_log_probs(x), dim=1)
 
+    def mean(self) -> torch.Tensor:
+        """Mixture mean sum_k w_k m_k: shape (d,), float64."""
+        return self.weights @ self.means
+
+    def covariance(self) -> torch.Tensor:
+        """Mixture covariance sum_k w_k (s_k^2 I + m_k m_k^T) - mean mean^T: shape (d, d), float64."""
+        second = torch.einsum("k,ki,kj->ij", self.weights, self.means, self.means)
+        second = second + (self.weights * self.stds**2).sum() * torch.eye(self.dim, dtype=torch.float64)
+        mu = self.mean()
+        return second - torch.outer(mu, mu)
+
     def __repr__(self) -> str:
         return f"GaussianMixture(K={len(self.weights)}, dim={self.dim})"
 

@@ -15,7 +15,7 @@ import torch
 from . import _checks
 
 __all__ = ["euler_step", "heun_step", "rk4_step", "STEPPERS", "check_grid", "solve",
-           "divergence_exact", "divergence_hutchinson", "log_likelihood"]
+           "divergence_exact", "divergence_hutchinson", "log_likelihood", "empirical_order"]
 
 Field = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -137,3 +137,16 @@ def log_likelihood(f: Field, x0: torch.Tensor, ts, prior_log_prob: Callable[[tor
     state = solve(augmented, state, ts, method=method)
     x1, integral = state[:, :d], state[:, d]
     return prior_log_prob(x1) + integral, x1
+
+
+def empirical_order(n_steps, errors) -> float:
+    """Convergence order p from errors ~ C h^p: minus the least-squares slope of log(error) on log(n_steps)."""
+    n = torch.as_tensor(n_steps, dtype=torch.float64)
+    e = torch.as_tensor(errors, dtype=torch.float64)
+    if n.shape != e.shape or n.ndim != 1 or len(n) < 2:
+        raise ValueError("n_steps and errors must be 1-D sequences of the same length, at least 2")
+    if not bool(((n > 0) & (e > 0)).all()):
+        raise ValueError("n_steps and errors must be positive")
+    lx, ly = n.log(), e.log()
+    slope = ((lx - lx.mean()) * (ly - ly.mean())).sum() / (lx - lx.mean()).square().sum()
+    return float(-slope)

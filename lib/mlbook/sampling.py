@@ -16,7 +16,7 @@ from . import _checks, ode
 from .diffusion import NoiseProcess, _col
 from .train import progress
 
-__all__ = ["probability_flow", "sample_ancestral", "sample_langevin", "sample_euler_maruyama",
+__all__ = ["trajectory", "probability_flow", "sample_ancestral", "sample_langevin", "sample_euler_maruyama",
            "sample_pc", "sample_ode", "SAMPLERS"]
 
 
@@ -42,6 +42,13 @@ def _steps(ts, show_progress, desc):
 
 def _t(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t.expand(x.shape[0])
+
+
+def trajectory(sampler, score, process, x, ts, **kwargs) -> torch.Tensor:
+    """Run ``sampler`` and return every intermediate state, shape ``(len(ts), n, d)`` (``ts[0]`` first)."""
+    states = [x]
+    sampler(score, process, x, ts, callback=lambda i, t, state: states.append(state), **kwargs)
+    return torch.stack(states)
 
 
 def probability_flow(score, process: NoiseProcess):
@@ -75,10 +82,17 @@ def sample_langevin(score, process, x, ts, *, generator=None, callback=None, sho
                     n_steps: int = 10, step_scale: float = 0.1, denoise: bool = True):
     """Annealed Langevin dynamics over the noise levels sigma_t of ``ts``, eq. (score-annealed).
 
+    A single time in ``ts`` gives plain Langevin dynamics, eq. (score-langevin), at that level.
+
     At each level, ``n_steps`` updates x <- x + eta/2 score + sqrt(eta) z with eta = step_scale * sigma_t^2.
     ``denoise`` ends with Tweedie's estimate of x_0 at the last level, removing its residual noise.
     """
-    ts = _setup(score, process, x, ts)
+    ts = torch.as_tensor(ts, dtype=torch.float64)
+    if ts.ndim == 1 and len(ts) == 1:            # one level: plain (not annealed) Langevin
+        _setup(score, process, x, torch.cat([ts, ts - 1]))
+        ts = ts.to(x.device, x.dtype)
+    else:
+        ts = _setup(score, process, x, ts)
     n_steps = _checks.integer(n_steps, "n_steps", minimum=1)
     step_scale = _checks.real(step_scale, "step_scale", positive=True)
     levels = range(len(ts))

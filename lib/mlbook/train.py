@@ -58,7 +58,8 @@ def train(model: torch.nn.Module, loss_fn: Callable[..., torch.Tensor], data, *,
           lr: float = 1e-3, batch_size: int = 256, weight_decay: float = 0.0,
           grad_clip: float | None = None, lr_decay: bool = False,
           generator: torch.Generator | None = None, device=None, desc: str = "training",
-          show_progress: bool | None = None) -> list[float]:
+          show_progress: bool | None = None,
+          callback: Callable[[int, torch.nn.Module], None] | None = None) -> list[float]:
     """Minimise ``loss_fn(model, batch)`` with Adam(W) for ``steps`` steps; return the loss per step.
 
     Args:
@@ -67,6 +68,7 @@ def train(model: torch.nn.Module, loss_fn: Callable[..., torch.Tensor], data, *,
             distribution's ``sample``).
         lr_decay: cosine-decay the learning rate to zero over the run.
         grad_clip: clip the global gradient norm to this value.
+        callback: ``callback(step, model)`` after every step (1-based), e.g. to keep checkpoints.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -97,6 +99,8 @@ def train(model: torch.nn.Module, loss_fn: Callable[..., torch.Tensor], data, *,
         if sched is not None:
             sched.step()
         losses.append(loss.detach())
+        if callback is not None:
+            callback(step + 1, model)
         if step % 100 == 0 and not bar.disable:
             bar.set_postfix(loss=f"{loss.item():.4g}")
     model.eval()

@@ -1,0 +1,142 @@
+"""mlbook.nets: the Fourier time embedding and the time-conditioned MLP."""
+
+import math
+
+import pytest
+import torch
+
+from mlbook import nets
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Thousands of small tensor ops: a second intra-op thread only adds overhead (and stalls on a busy CPU).
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def model(seed=0, **kwargs):
+    torch.manual_seed(seed)
+    return nets.TimeMLP(**kwargs)
+
+
+# ------------------------------------------------------------------ TimeEmbedding
+
+def test_time_embedding_shape_and_features():
+    emb = nets.TimeEmbedding(n_frequencies=6, max_frequency=100.0)
+    t = torch.tensor([0.0, 0.1, 0.5, 1.0])
+    out = emb(t)
+    assert emb.dim == 12 and out.shape == (4, 12)
+    freqs = torch.tensor([100.0 ** (k / 5) for k in range(6)])              # geometric from 1 to max_frequency
+    torch.testing.assert_close(emb.freqs, freqs, rtol=1e-5, atol=0)
+    torch.testing.assert_close(out[:, :6], torch.sin(t[:, None] * freqs), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[:, 6:], torch.cos(t[:, None] * freqs), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[:, :6] ** 2 + out[:, 6:] ** 2, torch.ones(4, 6))
+
+
+def test_time_embedding_default_and_buffer():
+    emb = nets.TimeEmbedding()
+    assert emb.dim == 32 and emb(torch.rand(7)).shape == (7, 32)
+    assert "freqs" in dict(emb.named_buffers()) and not list(emb.parameters())
+    with pytest.raises(ValueError):
+        nets.TimeEmbedding(n_frequencies=0)
+
+
+# ------------------------------------------------------------------ TimeMLP
+
+@pytest.mark.parametrize("kwargs,out_dim", [({}, 2), ({"dim": 3, "out": 5}, 5), ({"dim": 1, "layers": 1, "hidden": 8}, 1)])
+def test_time_mlp_output_shape(kwargs, out_dim):
+    net = model(**kwargs)
+    x = torch.randn(9, net.dim, generator=gen(0))
+    assert net(x, torch.rand(9, generator=gen(1))).shape == (9, out_dim)
+
+
+def test_time_mlp_layer_count():
+    net = model(layers=4, hidden=16)
+    assert len(net.hidden) == 3 and len(net.time) == 4
+    assert net.inp.out_features == 16 and net.out.in_features == 16
+
+
+def test_time_mlp_accepts_scalar_or_per_sample_times():
+    net = model(hidden=32)
+    x = torch.randn(6, 2, generator=gen(0))
+    want = net(x, torch.full((6,), 0.3))
+    torch.testing.assert_close(net(x, 0.3), want)
+    torch.testing.assert_close(net(x, torch.tensor(0.3)), want)
+    # per-sample times act row by row
+    t = torch.linspace(0, 1, 6)
+    rows = torch.cat([net(x[i:i + 1], t[i]) for i in range(6)])
+    torch.testing.assert_close(net(x, t), rows, rtol=1e-5, atol=1e-6)
+
+
+def test_time_mlp_depends_on_time():
+    net = model(hidden=32)
+    x = torch.randn(6, 2, generator=gen(0))
+    assert (net(x, 0.2) - net(x, 0.8)).abs().max() > 1e-4
+
+
+def test_gradients_reach_every_parameter_and_the_input():
+    net = model(hidden=16, layers=3)
+    x = torch.randn(5, 2, generator=gen(0), requires_grad=True)
+    net(x, torch.rand(5, generator=gen(1))).square().sum().backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and bool(torch.isfinite(p.grad).all()), name
+        assert float(p.grad.abs().sum()) > 0, name
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+
+
+def test_gradient_wrt_input_matches_finite_differences():
+    net = model(hidden=16).double()
+    x = torch.randn(3, 2, generator=gen(0), dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.1, 0.4, 0.9], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda y: net(y, t), (x,))
+
+
+def test_time_mlp_is_deterministic_given_the_seed():
+    x = torch.randn(4, 2, generator=gen(0))
+    a, b, c = model(seed=3, hidden=32), model(seed=3, hidden=32), model(seed=4, hidden=32)
+    assert torch.equal(a(x, 0.5), b(x, 0.5))
+    assert not torch.equal(a(x, 0.5), c(x, 0.5))
+
+
+def test_time_mlp_runs_in_float64():
+    net = model(hidden=8).double()
+    out = net(torch.randn(3, 2, dtype=torch.float64), 0.5)
+    assert out.dtype == torch.float64
+
+
+def test_time_mlp_rejects_bad_inputs():
+    net = model(hidden=8)
+    with pytest.raises(ValueError):
+        net(torch.zeros(4), 0.5)                                            # 1-D x
+    with pytest.raises(ValueError):
+        net(torch.zeros(4, 3), 0.5)                                         # wrong last dimension
+    with pytest.raises(TypeError):
+        net(torch.zeros(4, 2, dtype=torch.long), 0.5)
+    with pytest.raises(ValueError):
+        nets.TimeMLP(dim=0)
+    with pytest.raises(ValueError):
+        nets.TimeMLP(layers=0)
+
+
+def test_time_mlp_can_fit_a_time_dependent_target():
+    # 150 Adam steps on f(x, t) = sin(2 pi t) x: the loss falls by a large factor.
+    net = model(seed=0, hidden=32, layers=2)
+    x = torch.randn(256, 2, generator=gen(0))
+    t = torch.rand(256, generator=gen(1))
+    target = torch.sin(2 * math.pi * t)[:, None] * x
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    with torch.no_grad():
+        first = float((net(x, t) - target).square().mean())
+    for _ in range(150):
+        opt.zero_grad()
+        loss = (net(x, t) - target).square().mean()
+        loss.backward()
+        opt.step()
+    assert float(loss.detach()) < 0.05 * first                                # measured: 4e-4 of it
