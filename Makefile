@@ -43,7 +43,8 @@ unit: $(VENV)/.installed
 	$(PY) -m pytest tests --ignore=tests/browser -q
 
 notebooks: $(VENV)/.installed
-	$(PY) -m pytest notebooks --nbval-lax --nbval-current-env -n $(JOBS) --dist loadfile -q
+	@# one torch thread per kernel: JOBS kernels share the cores instead of fighting over them
+	OMP_NUM_THREADS=1 $(PY) -m pytest notebooks --nbval-lax --nbval-current-env -n $(JOBS) --dist loadfile -q
 
 browser: book
 	$(PY) -m pytest tests/browser -q -s -rs

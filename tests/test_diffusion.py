@@ -208,7 +208,7 @@ def test_ddpm_grid_times_in_float32_are_accepted():
     t = torch.arange(1001, dtype=torch.float64).div(1000).float()
     torch.testing.assert_close(p.alpha(t).double(), p.alpha_bars.sqrt(), rtol=1e-6, atol=0)
     x0 = torch.ones(1001, 2)
-    x_t, eps = p.sample(x0, t, generator=gen(0))
+    x_t, _ = p.sample(x0, t, generator=gen(0))
     assert x_t.dtype == torch.float32
 
 
@@ -401,6 +401,16 @@ def test_conversions_accept_python_floats_for_alpha_and_sigma():
     torch.testing.assert_close(diffusion.eps_to_x0(x_t, eps, 0.5, 2.0), (x_t - 2.0 * eps) / 0.5)
 
 
+def test_conversions_keep_float64_precision_with_python_float_coefficients():
+    x_t = torch.randn(4, 2, generator=gen(0), dtype=torch.float64)
+    eps = torch.randn(4, 2, generator=gen(1), dtype=torch.float64)
+    a, s = 0.1, 0.3                                                     # not representable in float32
+    torch.testing.assert_close(diffusion.eps_to_x0(x_t, eps, a, s), (x_t - s * eps) / a, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(diffusion.x0_to_eps(x_t, eps, a, s), (x_t - a * eps) / s, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(diffusion.eps_to_score(eps, s), -eps / s, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(diffusion.score_to_eps(eps, s), -s * eps, rtol=1e-13, atol=1e-13)
+
+
 def test_score_from_eps_divides_by_minus_sigma():
     p = VE()
     model = lambda x, t: x * 2 + t[:, None]                                 # noqa: E731
@@ -487,7 +497,8 @@ def test_marginal_moments_match_noised_data():
     a, s = vp_closed_form(t)
     w, mu, sd = MIX.weights, MIX.means, MIX.stds
     mean = a * (w @ mu)
-    second = a * a * torch.einsum("k,ki,kj->ij", w, mu, mu) + (a * a * (w * sd ** 2).sum() + s * s) * torch.eye(2, dtype=torch.float64)
+    second = (a * a * torch.einsum("k,ki,kj->ij", w, mu, mu)
+              + (a * a * (w * sd ** 2).sum() + s * s) * torch.eye(2, dtype=torch.float64))
     cov = second - torch.outer(mean, mean)
     torch.testing.assert_close(x_t.mean(0), mean, rtol=0, atol=0.02)
     torch.testing.assert_close(torch.cov(x_t.T), cov, rtol=0, atol=0.03)

@@ -50,7 +50,8 @@ def test_time_embedding_default_and_buffer():
 
 # ------------------------------------------------------------------ TimeMLP
 
-@pytest.mark.parametrize("kwargs,out_dim", [({}, 2), ({"dim": 3, "out": 5}, 5), ({"dim": 1, "layers": 1, "hidden": 8}, 1)])
+@pytest.mark.parametrize("kwargs,out_dim", [({}, 2), ({"dim": 3, "out": 5}, 5),
+                                            ({"dim": 1, "layers": 1, "hidden": 8}, 1)])
 def test_time_mlp_output_shape(kwargs, out_dim):
     net = model(**kwargs)
     x = torch.randn(9, net.dim, generator=gen(0))

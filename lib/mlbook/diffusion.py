@@ -272,24 +272,29 @@ class DDPM(NoiseProcess):
 
 # --------------------------------------------------------------------- parameterisations
 
+def _coef(v, x: torch.Tensor) -> torch.Tensor:
+    """A scalar or per-sample coefficient in x's dtype and device (Python floats keep full precision)."""
+    return _col(torch.as_tensor(v, dtype=x.dtype, device=x.device), x)
+
+
 def eps_to_x0(x_t: torch.Tensor, eps: torch.Tensor, alpha, sigma) -> torch.Tensor:
     """x_0 = (x_t - sigma eps) / alpha, from eq. (ddpm-reparam)."""
-    return (x_t - _col(torch.as_tensor(sigma), x_t) * eps) / _col(torch.as_tensor(alpha), x_t)
+    return (x_t - _coef(sigma, x_t) * eps) / _coef(alpha, x_t)
 
 
 def x0_to_eps(x_t: torch.Tensor, x0: torch.Tensor, alpha, sigma) -> torch.Tensor:
     """eps = (x_t - alpha x_0) / sigma, from eq. (ddpm-reparam)."""
-    return (x_t - _col(torch.as_tensor(alpha), x_t) * x0) / _col(torch.as_tensor(sigma), x_t)
+    return (x_t - _coef(alpha, x_t) * x0) / _coef(sigma, x_t)
 
 
 def eps_to_score(eps: torch.Tensor, sigma) -> torch.Tensor:
     """score = -eps / sigma, eq. (score-eps)."""
-    return -eps / _col(torch.as_tensor(sigma), eps)
+    return -eps / _coef(sigma, eps)
 
 
 def score_to_eps(score: torch.Tensor, sigma) -> torch.Tensor:
     """eps = -sigma score, eq. (score-eps)."""
-    return -_col(torch.as_tensor(sigma), score) * score
+    return -_coef(sigma, score) * score
 
 
 def score_from_eps(model, process: NoiseProcess):

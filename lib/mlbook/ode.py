@@ -87,6 +87,8 @@ def _value_and_divergence(f: Field, x: torch.Tensor, t: torch.Tensor, z: torch.T
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         v = f(x, t)
+        if not v.requires_grad:            # a field that ignores x (a translation) has divergence 0
+            return v.detach(), torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         if z is None:
             div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
             for i in range(x.shape[1]):
