@@ -80,9 +80,12 @@ class Page:
         self.page.route("**/*", self._route)
         response = self.page.goto(url, wait_until="load")
         assert response is not None and response.ok, f"{url} answered {response and response.status}"
-        # MathJax 3 typesets asynchronously; wait until it reports being done.
-        self.page.wait_for_function("window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=20_000)
-        self.page.evaluate("MathJax.startup.promise")
+        # MathJax 3 typesets asynchronously; wait until it reports being done (pages without
+        # math, like the bibliography, do not load it).
+        if self.page.locator("script[src*='mathjax']").count():
+            self.page.wait_for_function("window.MathJax && MathJax.startup && MathJax.startup.promise",
+                                        timeout=20_000)
+            self.page.evaluate("MathJax.startup.promise")
 
     def _route(self, route):
         host = urlparse(route.request.url).hostname
@@ -183,3 +186,86 @@ def test_notebook_page_figures_and_static_slider(server, browser):
         _assert_clean(page)
     finally:
         page.close()
+
+
+def _toc_pages() -> list[str]:
+    """Every page of the book, as paths relative to the HTML root, read from _toc.yml."""
+    import yaml
+
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    pages = [toc["root"]]
+
+    def walk(entries):
+        for entry in entries or []:
+            if "file" in entry:
+                pages.append(entry["file"])
+            walk(entry.get("sections"))
+            walk(entry.get("chapters"))
+
+    walk(toc.get("parts"))
+    walk(toc.get("chapters"))
+    return [f"{p}.html" for p in pages]
+
+
+PAGES = _toc_pages()
+NOTEBOOK_PAGES = [p for p in PAGES if p.startswith("notebooks/")]
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_every_page_renders_offline(server, browser, path):
+    page = Page(browser, f"{server}/{path}")
+    try:
+        if page.page.locator("div.math, span.math").count():
+            _assert_math_rendered(page, minimum=1)
+        unresolved = page.page.locator("span.xref.std, .problematic").count()   # references Sphinx could not resolve
+        assert unresolved == 0, f"{unresolved} unresolved references on {path}"
+        _assert_clean(page)
+    finally:
+        page.close()
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_PAGES)
+def test_every_notebook_slider_switches_frames(server, browser, path):
+    page = Page(browser, f"{server}/{path}")
+    try:
+        sliders = page.page.locator("div.mlbook-slider")
+        if sliders.count() == 0:
+            pytest.skip(f"{path} has no slider (each chapter needs one: test_every_chapter_has_a_widget)")
+        assert page.page.locator("div.cell_output img").count() >= 1
+        for k in range(sliders.count()):
+            slider = sliders.nth(k)
+            slider.scroll_into_view_if_needed()
+            frame = slider.locator("img.mlbook-frame")
+            for r in range(slider.locator("input.mlbook-range").count()):
+                rng = slider.locator("input.mlbook-range").nth(r)
+                before_src, before = frame.get_attribute("src"), slider.get_attribute("data-frame")
+                assert before is not None, "the slider's script did not run"
+                rng.focus()
+                # Step towards the end that has room to move.
+                key = "ArrowLeft" if rng.input_value() == rng.get_attribute("max") else "ArrowRight"
+                page.page.keyboard.press(key)
+                page.page.wait_for_function("([el, old]) => el.getAttribute('data-frame') !== old",
+                                            arg=[slider.element_handle(), before])
+                assert frame.get_attribute("src") != before_src, f"slider {r} of widget {k} left the figure unchanged"
+        name = path.split("/")[-1].replace(".html", "")
+        page.screenshot(f"{name}-widget.png", clip=sliders.first.bounding_box())
+        _assert_clean(page)
+    finally:
+        page.close()
+
+
+def test_every_chapter_has_a_widget():
+    """Each chapter with notebooks has at least one working-in-HTML slider among them."""
+    import yaml
+
+    if not (HTML / "index.html").exists():
+        _missing("no built book in _build/html: run `make book` first")
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    for part in toc.get("parts", []):
+        for chapter in part.get("chapters", []):
+            notebooks = [s["file"] for s in chapter.get("sections", []) if s["file"].startswith("notebooks/")]
+            if not notebooks:
+                continue
+            with_widget = [nb for nb in notebooks
+                           if 'class="mlbook-slider"' in (HTML / f"{nb}.html").read_text()]
+            assert with_widget, f"chapter {chapter['file']} has no slider widget in {notebooks}"
