@@ -10,14 +10,11 @@ from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
 from mlbook import data
+from helpers import gen
 
 MEANS = [[-1.0, 0.5], [2.0, 1.0], [0.0, -2.0]]
 STDS = [0.5, 1.0, 0.3]
 WEIGHTS = [0.2, 0.5, 0.3]
-
-
-def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
 
 
 def grid(lo, hi, step):

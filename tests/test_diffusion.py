@@ -11,25 +11,9 @@ from torch.distributions import Normal
 
 from mlbook import data, diffusion
 from mlbook.diffusion import DDPM, VE, VP, MixtureScore
+from helpers import gen, t64
 
 MIX = data.GaussianMixture([[-2.0, 0.0], [1.5, 1.5], [1.0, -1.5]], [0.3, 0.5, 0.4], [0.5, 0.3, 0.2])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Thousands of small tensor ops: a second intra-op thread only adds overhead (and stalls on a busy CPU).
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
-
-
-def t64(values):
-    return torch.tensor(values, dtype=torch.float64)
 
 
 def processes():

@@ -9,16 +9,9 @@ from numpy.polynomial.hermite_e import hermegauss
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
 from mlbook import kl
+from helpers import gen, t64
 
 MUS = [0.1, 0.5, 1.0, 2.0]
-
-
-def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
-
-
-def t64(values):
-    return torch.tensor(values, dtype=torch.float64)
 
 
 # ------------------------------------------------------------------ the estimators

@@ -8,10 +8,7 @@ import torch
 from scipy.stats import wasserstein_distance
 
 from mlbook import data, metrics
-
-
-def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
+from helpers import gen
 
 
 def normal(n, d=2, shift=0.0, seed=0):

@@ -6,19 +6,7 @@ import pytest
 import torch
 
 from mlbook import nets
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Thousands of small tensor ops: a second intra-op thread only adds overhead (and stalls on a busy CPU).
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
+from helpers import gen, t64
 
 
 def model(seed=0, **kwargs):

@@ -8,26 +8,10 @@ import torch
 from scipy.linalg import expm
 
 from mlbook import ode
+from helpers import gen, t64
 
 A = np.array([[-0.5, 2.0], [-1.0, -0.3]])          # trace -0.8, A01 + A10 = 1.0
 A_T = torch.from_numpy(A)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Thousands of small tensor ops: a second intra-op thread only adds overhead (and stalls on a busy CPU).
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
-
-
-def t64(values):
-    return torch.tensor(values, dtype=torch.float64)
 
 
 def linear(x, t):

@@ -10,29 +10,13 @@ from torch.distributions import Normal
 
 from mlbook import data, diffusion, metrics, ode, sampling
 from mlbook.diffusion import DDPM, VE, VP, MixtureScore
+from helpers import gen, t64
 
 MIX = data.GaussianMixture([[-2.0, 0.0], [1.5, 1.5], [1.0, -1.5]], [0.3, 0.5, 0.4], [0.5, 0.3, 0.2])
 # Same components, other weights: a sampler driven by this score must miss MIX.
 WRONG = data.GaussianMixture([[-2.0, 0.0], [1.5, 1.5], [1.0, -1.5]], [0.3, 0.5, 0.4], [0.4, 0.35, 0.25])
 
 N, CHUNKS = 1000, 4            # the sliced W2 of N points, averaged over CHUNKS independent sets
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Thousands of small tensor ops: a second intra-op thread only adds overhead (and stalls on a busy CPU).
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
-
-
-def t64(values):
-    return torch.tensor(values, dtype=torch.float64)
 
 
 @pytest.fixture(scope="module")

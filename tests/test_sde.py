@@ -7,23 +7,7 @@ import torch
 from scipy.stats import norm
 
 from mlbook import sde
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Thousands of small tensor ops: a second intra-op thread only adds overhead (and stalls on a busy CPU).
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
-
-
-def t64(values):
-    return torch.tensor(values, dtype=torch.float64)
+from helpers import gen, t64
 
 
 def normal_pdf(x, mean, var):

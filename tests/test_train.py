@@ -7,16 +7,13 @@ import pytest
 import torch
 
 from mlbook import data, train as tr
+from helpers import gen
 
 
 @pytest.fixture(autouse=True)
 def quiet(monkeypatch):
     monkeypatch.setenv("MLBOOK_PROGRESS", "0")
     monkeypatch.delenv("MLBOOK_DEVICE", raising=False)
-
-
-def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
 
 
 def mse(model, batch):
