@@ -45,12 +45,21 @@ CASES = {          # sampler, steps (Langevin: noise levels); every step count i
     "euler_maruyama": (sampling.sample_euler_maruyama, 200),
     "pc": (sampling.sample_pc, 100),
     "ode": (sampling.sample_ode, 50),
+    "ddim": (sampling.sample_ddim, 100),
 }
 
 
 def test_cases_cover_every_sampler():
+    # heun_edm is not in SAMPLERS (it needs the EDM process): it has its own landing test below.
     assert set(CASES) == set(sampling.SAMPLERS)
     assert sampling.SAMPLERS["ode"] is sampling.sample_ode
+
+
+def test_heun_edm_with_the_exact_score_lands_on_the_data(floor):
+    edm = diffusion.EDM(sigma_min=0.002, sigma_max=20.0)
+    x = MixtureScore(MIX, edm).marginal(edm.sigma_max).sample(N * CHUNKS, generator=gen(40)).double()
+    out = sampling.sample_heun_edm(MixtureScore(MIX, edm), edm, x, edm.time_grid(40), generator=gen(41))
+    assert distance_to_data(out, seed=42) / floor < 2.0
 
 
 # ------------------------------------------------------------------ landing on the data

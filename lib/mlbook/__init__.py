@@ -8,7 +8,12 @@ Modules are flat and named after what they hold:
 - ``train``: the one training loop, and progress bars
 - ``widgets``: the one widget helper (``slider_plot``), live in Jupyter and in the static book
 - ``plot``, ``report``: plot defaults and drawing helpers; text tables and timers
+- ``nets``: small networks (a time-conditioned MLP)
+- ``ode``: fixed-step ODE solvers, divergences, ODE log-likelihoods (diffusion and flows chapters)
+- ``sde``: SDE simulation and a 1-D Fokker-Planck solver
 - ``kl``: chapter "Approximating KL divergence"
+- ``diffusion``: noise processes (VP, VE, DDPM, EDM), parameterisations, the exact mixture score, losses
+- ``sampling``: diffusion samplers with one shared signature, and guidance
 """
 
 from .device import get_device, seed_all

@@ -16,8 +16,9 @@ from . import _checks
 from .data import GaussianMixture
 from .device import get_device
 
-__all__ = ["NoiseProcess", "VP", "VE", "DDPM", "eps_to_x0", "x0_to_eps", "eps_to_score",
-           "score_to_eps", "score_from_eps", "MixtureScore", "eps_loss"]
+__all__ = ["NoiseProcess", "VP", "VE", "DDPM", "EDM", "sigma_schedule", "eps_to_x0", "x0_to_eps",
+           "eps_to_score", "score_to_eps", "score_from_eps", "MixtureScore", "eps_loss",
+           "EDMPrecond", "edm_loss", "score_from_denoiser"]
 
 
 def _time(t, like: torch.Tensor | None = None) -> torch.Tensor:
@@ -270,6 +271,78 @@ class DDPM(NoiseProcess):
         return f"DDPM(T={self.T})"
 
 
+class EDM(NoiseProcess):
+    r"""Karras et al.'s coordinates: :math:`\alpha = 1` and :math:`\sigma(t) = t`, so time *is* the noise level.
+
+    The probability-flow ODE becomes dx/dsigma = (x - D(x; sigma)) / sigma, eq. (edm-ode). Grids for
+    the samplers come from :func:`sigma_schedule` (they end at sigma = 0).
+    """
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5):
+        self.sigma_min = _checks.real(sigma_min, "sigma_min", positive=True)
+        self.sigma_max = _checks.real(sigma_max, "sigma_max", positive=True)
+        if self.sigma_max <= self.sigma_min:
+            raise ValueError(f"sigma_max must exceed sigma_min, got {sigma_max} <= {sigma_min}")
+        self.sigma_data = _checks.real(sigma_data, "sigma_data", positive=True)
+        self.t_min = self.sigma_min
+
+    def alpha(self, t) -> torch.Tensor:
+        return torch.ones_like(_as_t(t))
+
+    def sigma(self, t) -> torch.Tensor:
+        return _as_t(t).clone()
+
+    def f(self, t) -> torch.Tensor:
+        return torch.zeros_like(_as_t(t))
+
+    def g2(self, t) -> torch.Tensor:
+        return 2 * _as_t(t)
+
+    def prior_std(self) -> float:
+        return self.sigma_max
+
+    def sample_time(self, n: int, *, generator: torch.Generator | None = None, device=None,
+                    p_mean: float = -1.2, p_std: float = 1.2) -> torch.Tensor:
+        """Training noise levels: log sigma ~ N(p_mean, p_std^2), Karras et al.'s choice (eq. edm-loss)."""
+        z = torch.randn(n, generator=generator, dtype=torch.float64)
+        return torch.exp(p_mean + p_std * z).to(get_device(device))
+
+    def time_grid(self, n_steps: int, *, kind: str = "karras", rho: float = 7.0, t_min: float | None = None,
+                  device=None) -> torch.Tensor:
+        """n_steps sampling steps from sigma_max down to sigma_min, then a last step to 0 (see :func:`sigma_schedule`)."""
+        return sigma_schedule(n_steps, self.sigma_min if t_min is None else t_min, self.sigma_max,
+                              kind=kind, rho=rho, device=device)
+
+    def __repr__(self) -> str:
+        return f"EDM(sigma_min={self.sigma_min:g}, sigma_max={self.sigma_max:g}, sigma_data={self.sigma_data:g})"
+
+
+def sigma_schedule(n_steps: int, sigma_min: float, sigma_max: float, *, kind: str = "karras", rho: float = 7.0,
+                   device=None) -> torch.Tensor:
+    """Decreasing noise levels sigma_0 = sigma_max > ... > sigma_{n-1} = sigma_min, then sigma_n = 0.
+
+    ``kind``: "karras" spaces sigma^(1/rho) uniformly, eq. (edm-rho-schedule); "uniform" spaces sigma
+    uniformly; "cosine" takes sigma = tan(pi/2 u) for u uniform between the ends, the noise levels of
+    the cosine schedule (sqrt(1/abar - 1), eq. ddpm-cosine-schedule, with s = 0).
+    """
+    n_steps = _checks.integer(n_steps, "n_steps", minimum=1)
+    lo = _checks.real(sigma_min, "sigma_min", positive=True)
+    hi = _checks.real(sigma_max, "sigma_max", positive=True)
+    if hi <= lo:
+        raise ValueError(f"sigma_max must exceed sigma_min, got {sigma_max} <= {sigma_min}")
+    _checks.choice(kind, "kind", ["karras", "uniform", "cosine"])
+    u = torch.linspace(0, 1, n_steps, dtype=torch.float64) if n_steps > 1 else torch.zeros(1, dtype=torch.float64)
+    if kind == "karras":
+        rho = _checks.real(rho, "rho", positive=True)
+        sig = (hi ** (1 / rho) + u * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
+    elif kind == "uniform":
+        sig = hi + u * (lo - hi)
+    else:
+        a, b = math.atan(hi), math.atan(lo)
+        sig = torch.tan(a + u * (b - a))
+    return torch.cat([sig, torch.zeros(1, dtype=torch.float64)]).to(get_device(device))
+
+
 # --------------------------------------------------------------------- parameterisations
 
 def _coef(v, x: torch.Tensor) -> torch.Tensor:
@@ -378,3 +451,55 @@ def eps_loss(model, process: NoiseProcess, x0: torch.Tensor, *,
     t = process.sample_time(len(x0), generator=generator, device=x0.device).to(x0.dtype)
     x_t, eps = process.sample(x0, t, generator=generator)
     return (model(x_t, t) - eps).square().sum(1).mean()
+
+
+# --------------------------------------------------------------------- EDM preconditioning
+
+class EDMPrecond(torch.nn.Module):
+    """D(x; sigma) = c_skip x + c_out F(c_in x, c_noise), eq. (edm-precond), around a network F(x, t).
+
+    ``net`` is any module called as ``net(x, t)`` (e.g. :class:`mlbook.nets.TimeMLP`); it receives
+    c_noise = log(sigma) / 4 as its time input. Calling the module returns the denoised estimate of x_0.
+    """
+
+    def __init__(self, net: torch.nn.Module, sigma_data: float = 0.5):
+        super().__init__()
+        if not isinstance(net, torch.nn.Module):
+            raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+        self.net = net
+        self.sigma_data = _checks.real(sigma_data, "sigma_data", positive=True)
+
+    def coefficients(self, sigma: torch.Tensor):
+        """(c_skip, c_out, c_in, c_noise) at noise levels sigma, eq. (edm-precond)."""
+        sd2 = self.sigma_data ** 2
+        c_skip = sd2 / (sigma**2 + sd2)
+        c_out = sigma * self.sigma_data / (sigma**2 + sd2).sqrt()
+        c_in = 1 / (sigma**2 + sd2).sqrt()
+        return c_skip, c_out, c_in, sigma.log() / 4
+
+    def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
+        return _col(c_skip, x) * x + _col(c_out, x) * self.net(_col(c_in, x) * x, c_noise)
+
+
+def edm_loss(model: EDMPrecond, process: EDM, x0: torch.Tensor, *,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """E lambda(sigma) ||D(x0 + sigma eps; sigma) - x0||^2 with lambda = 1 / c_out^2, eq. (edm-loss)."""
+    _checks.tensor(x0, "x0", ndim=2, floating=True, min_rows=1)
+    sigma = process.sample_time(len(x0), generator=generator, device=x0.device).to(x0.dtype)
+    x, _ = process.sample(x0, sigma, generator=generator)
+    _, c_out, _, _ = model.coefficients(sigma)
+    return ((model(x, sigma) - x0).square().sum(1) / c_out**2).mean()
+
+
+def score_from_denoiser(denoiser, process: NoiseProcess):
+    """Score from an x_0-predictor D(x, t): (alpha_t D - x) / sigma_t^2, eq. (score-tweedie)."""
+    if not callable(denoiser):
+        raise TypeError("denoiser must be callable as denoiser(x, t)")
+
+    def score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a, s = _col(process.alpha(t), x), _col(process.sigma(t), x)
+        return (a * denoiser(x, t) - x) / s**2
+
+    return score

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import torch
 
+import math
+
 from . import _checks, ode
-from .diffusion import NoiseProcess, _col
+from .diffusion import EDM, NoiseProcess, _col
 from .train import progress
 
-__all__ = ["trajectory", "probability_flow", "sample_ancestral", "sample_langevin", "sample_euler_maruyama",
-           "sample_pc", "sample_ode", "SAMPLERS"]
+__all__ = ["trajectory", "CountingScore", "probability_flow", "sample_ancestral", "sample_ddim",
+           "sample_langevin", "sample_euler_maruyama", "sample_pc", "sample_ode", "sample_heun_edm",
+           "classifier_guided_score", "cfg_score", "SAMPLERS"]
 
 
 def _setup(score, process, x, ts):
@@ -72,6 +75,31 @@ def sample_ancestral(score, process, x, ts, *, generator=None, callback=None, sh
         x0_hat = (x + sig**2 * score(x, t)) / a                                   # eq. (score-tweedie)
         mean, std = process.posterior(x, x0_hat, t, s)
         x = mean + std * _noise(x, generator)
+        if callback is not None:
+            callback(i, float(ts[i + 1]), x)
+    return x
+
+
+@torch.no_grad()
+def sample_ddim(score, process, x, ts, *, generator=None, callback=None, show_progress=None, eta: float = 0.0):
+    """DDIM, eq. (ddim-update): x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z.
+
+    c = eta times the DDPM posterior std between t and s, eq. (ddim-eta): eta = 0 is deterministic
+    (an Euler step of the probability-flow ODE in the coordinates x / alpha, sigma / alpha), eta = 1
+    has the ancestral sampler's noise level.
+    """
+    ts = _setup(score, process, x, ts)
+    eta = _checks.real(eta, "eta")
+    if not 0 <= eta <= 1:
+        raise ValueError(f"eta must lie in [0, 1], got {eta}")
+    for i in _steps(ts, show_progress, "DDIM"):
+        t, s = _t(ts[i], x), _t(ts[i + 1], x)
+        a_t, sig_t = _col(process.alpha(t), x), _col(process.sigma(t), x)
+        a_s, sig_s = _col(process.alpha(s), x), _col(process.sigma(s), x)
+        eps = -sig_t * score(x, t)                                                # eq. (score-eps)
+        x0_hat = (x - sig_t * eps) / a_t
+        c = eta * process.posterior(x, x0_hat, t, s)[1]
+        x = a_s * x0_hat + (sig_s**2 - c**2).clamp_min(0).sqrt() * eps + c * _noise(x, generator)
         if callback is not None:
             callback(i, float(ts[i + 1]), x)
     return x
@@ -158,10 +186,96 @@ def sample_ode(score, process, x, ts, *, generator=None, callback=None, show_pro
     return ode.solve(probability_flow(score, process), x, ts, method=method, callback=callback)
 
 
+@torch.no_grad()
+def sample_heun_edm(score, process, x, ts, *, generator=None, callback=None, show_progress=None,
+                    churn: float = 0.0, s_noise: float = 1.0):
+    """Karras et al.'s Heun sampler with optional stochastic churn, eqs. (edm-heun) and (edm-churn).
+
+    Needs the :class:`~mlbook.diffusion.EDM` process (time = noise level); ``ts`` from its
+    ``time_grid`` ends at sigma = 0, where the second-order correction is skipped, so N steps cost
+    2N - 1 score evaluations. ``churn`` (S_churn) raises the noise by gamma = min(churn / N, sqrt(2) - 1)
+    before each step and adds the matching fresh noise.
+    """
+    if not isinstance(process, EDM):
+        raise TypeError(f"sample_heun_edm needs an EDM process (time = noise level), got {type(process).__name__}")
+    ts = _setup(score, process, x, ts)
+    churn = _checks.real(churn, "churn", nonnegative=True)
+    n = len(ts) - 1
+    gamma = min(churn / n, math.sqrt(2) - 1)
+    for i in _steps(ts, show_progress, "Heun (EDM)"):
+        t, s = ts[i], ts[i + 1]
+        t_hat = t * (1 + gamma)
+        if gamma > 0:
+            x = x + s_noise * (t_hat**2 - t**2).sqrt() * _noise(x, generator)
+        d = -t_hat * score(x, _t(t_hat, x))                       # dx/dsigma = (x - D) / sigma
+        x_next = x + (s - t_hat) * d
+        if s > 0:                                                 # trapezoid correction
+            d_next = -s * score(x_next, _t(s, x))
+            x_next = x + (s - t_hat) * 0.5 * (d + d_next)
+        x = x_next
+        if callback is not None:
+            callback(i, float(s), x)
+    return x
+
+
+class CountingScore:
+    """Wraps a score function and counts its evaluations (the NFE of a sampler run)."""
+
+    def __init__(self, score):
+        if not callable(score):
+            raise TypeError("score must be callable as score(x, t)")
+        self.score, self.calls = score, 0
+
+    def __call__(self, x, t):
+        self.calls += 1
+        return self.score(x, t)
+
+
+def classifier_guided_score(score, class_log_prob, y: torch.Tensor, scale: float):
+    """score(x, t) + scale * grad_x log p_t(y | x), eq. (guide-classifier).
+
+    ``class_log_prob(x, t)`` returns (n, C) log-probabilities of the classes given noisy x; ``y`` holds
+    the requested class of each sample, shape (n,).
+    """
+    scale = _checks.real(scale, "scale")
+    if not callable(score) or not callable(class_log_prob):
+        raise TypeError("score and class_log_prob must be callables of (x, t)")
+
+    def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            log_p = class_log_prob(xg, t)
+            if y.shape != (x.shape[0],) or int(y.min()) < 0 or int(y.max()) >= log_p.shape[1]:
+                raise ValueError(f"y must hold one class in 0..{log_p.shape[1] - 1} per sample")
+            grad = torch.autograd.grad(log_p.gather(1, y[:, None]).sum(), xg)[0]
+        return score(x, t) + scale * grad
+
+    return guided
+
+
+def cfg_score(cond_score, y: torch.Tensor, scale: float, null: int):
+    """Classifier-free guidance (1 + w) score(x, t | y) - w score(x, t | null), eq. (guide-cfg).
+
+    ``cond_score(x, t, y)`` is a conditional score; label ``null`` means "no condition".
+    """
+    scale = _checks.real(scale, "scale")
+    if not callable(cond_score):
+        raise TypeError("cond_score must be callable as cond_score(x, t, y)")
+
+    def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if y.shape != (x.shape[0],):
+            raise ValueError(f"y must hold one label per sample, shape ({x.shape[0]},), got {tuple(y.shape)}")
+        uncond = torch.full_like(y, null)
+        return (1 + scale) * cond_score(x, t, y) - scale * cond_score(x, t, uncond)
+
+    return guided
+
+
 SAMPLERS = {
     "ancestral": sample_ancestral,
+    "ddim": sample_ddim,
     "langevin": sample_langevin,
     "euler_maruyama": sample_euler_maruyama,
     "pc": sample_pc,
     "ode": sample_ode,
-}
+}  # sample_heun_edm is not here: it needs the EDM process, the others take any process
