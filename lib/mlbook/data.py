@@ -93,6 +93,13 @@ class GaussianMixture(ToyDistribution):
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         return torch.logsumexp(self.component_log_probs(x), dim=1)
 
+    def subset(self, components) -> "GaussianMixture":
+        """The mixture of the given components only, weights renormalised (e.g. one class's density)."""
+        idx = torch.as_tensor(components, dtype=torch.long)
+        if idx.ndim != 1 or len(idx) == 0 or int(idx.min()) < 0 or int(idx.max()) >= len(self.weights):
+            raise ValueError(f"components must be a non-empty list of indices in 0..{len(self.weights) - 1}")
+        return GaussianMixture(self.means[idx], self.stds[idx], self.weights[idx])
+
     def mean(self) -> torch.Tensor:
         """Mixture mean sum_k w_k m_k: shape (d,), float64."""
         return self.weights @ self.means

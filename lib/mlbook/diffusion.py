@@ -18,7 +18,7 @@ from .device import get_device
 
 __all__ = ["NoiseProcess", "VP", "VE", "DDPM", "EDM", "sigma_schedule", "eps_to_x0", "x0_to_eps",
            "eps_to_score", "score_to_eps", "score_from_eps", "MixtureScore", "eps_loss",
-           "EDMPrecond", "edm_loss", "score_from_denoiser"]
+           "EDMPrecond", "EpsPrecond", "edm_loss", "score_from_denoiser"]
 
 
 def _time(t, like: torch.Tensor | None = None) -> torch.Tensor:
@@ -437,6 +437,15 @@ class MixtureScore:
 
     __call__ = score
 
+    def class_log_probs(self, x: torch.Tensor, t, classes) -> torch.Tensor:
+        """Exact noisy classifier log p_t(y | x), shape (n, C), when class c owns the components ``classes[c]``.
+
+        p_t(y | x) sums the posterior responsibilities of the class's components (eq. guide-bayes).
+        """
+        logits, _, _ = self._components(x, t)
+        total = torch.logsumexp(logits, dim=1, keepdim=True)
+        return torch.stack([torch.logsumexp(logits[:, list(c)], dim=1) for c in classes], dim=1) - total
+
     def eps(self, x: torch.Tensor, t) -> torch.Tensor:
         """The ideal epsilon-prediction E[eps | x_t] = -sigma_t score, eq. (score-eps)."""
         return score_to_eps(self.score(x, t), self.process.sigma(_time(t, x)))
@@ -444,13 +453,44 @@ class MixtureScore:
 
 # --------------------------------------------------------------------- training
 
-def eps_loss(model, process: NoiseProcess, x0: torch.Tensor, *,
+def eps_loss(model, process: NoiseProcess, x0: torch.Tensor, *, labels: torch.Tensor | None = None,
+             p_uncond: float = 0.0, null: int | None = None,
              generator: torch.Generator | None = None) -> torch.Tensor:
-    """The simple DDPM loss E ||eps_theta(x_t, t) - eps||^2, eq. (ddpm-loss-simple), on a batch x0."""
+    """The simple DDPM loss E ||eps_theta(x_t, t) - eps||^2, eq. (ddpm-loss-simple), on a batch x0.
+
+    With ``labels`` the model is conditional, ``model(x_t, t, y)``; each label is replaced by
+    ``null`` with probability ``p_uncond`` (label dropout, eq. guide-dropout), so that one network
+    learns the conditional and the unconditional score.
+    """
     _checks.tensor(x0, "x0", ndim=2, floating=True, min_rows=1)
     t = process.sample_time(len(x0), generator=generator, device=x0.device).to(x0.dtype)
     x_t, eps = process.sample(x0, t, generator=generator)
-    return (model(x_t, t) - eps).square().sum(1).mean()
+    if labels is None:
+        return (model(x_t, t) - eps).square().sum(1).mean()
+    p_uncond = _checks.real(p_uncond, "p_uncond")
+    if not 0 <= p_uncond <= 1 or null is None:
+        raise ValueError("label dropout needs p_uncond in [0, 1] and the null label")
+    drop = (torch.rand(len(x0), generator=generator) < p_uncond).to(labels.device)
+    y = torch.where(drop, torch.full_like(labels, null), labels)
+    return (model(x_t, t, y) - eps).square().sum(1).mean()
+
+
+class EpsPrecond(torch.nn.Module):
+    """The plain epsilon-parameterisation in EDM coordinates: eps_hat = F(x, log(sigma) / 4).
+
+    The baseline that :class:`EDMPrecond` is compared with: same network, same time input, but no
+    input scaling and the raw noise as target. Calling it returns the epsilon-prediction.
+    """
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        if not isinstance(net, torch.nn.Module):
+            raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+        self.net = net
+
+    def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        return self.net(x, sigma.log() / 4)
 
 
 # --------------------------------------------------------------------- EDM preconditioning

@@ -34,8 +34,11 @@ class TimeMLP(nn.Module):
     """
 
     def __init__(self, dim: int = 2, hidden: int = 128, layers: int = 3, out: int | None = None,
-                 n_frequencies: int = 16):
+                 n_frequencies: int = 16, n_classes: int = 0):
         super().__init__()
+        self.n_classes = _checks.integer(n_classes, "n_classes", minimum=0)
+        # Class labels 0..n_classes-1, and n_classes for "no label" (classifier-free guidance).
+        self.label = nn.Embedding(self.n_classes + 1, hidden) if self.n_classes else None
         self.dim = _checks.integer(dim, "dim", minimum=1)
         hidden = _checks.integer(hidden, "hidden", minimum=1)
         layers = _checks.integer(layers, "layers", minimum=1)
@@ -46,11 +49,21 @@ class TimeMLP(nn.Module):
         self.out = nn.Linear(hidden, out or self.dim)
         self.act = nn.SiLU()
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``y``: class labels (n,), ``n_classes`` meaning "none"; only for a model built with classes."""
         _checks.tensor(x, "x", ndim=2, last_dim=self.dim, floating=True)
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
         emb = self.embed(t).to(x.dtype)                                 # (n, 2F)
-        h = self.act(self.inp(x) + self.time[0](emb))                   # (n, hidden)
+        h = self.inp(x) + self.time[0](emb)                             # (n, hidden)
+        if y is not None:
+            if self.label is None:
+                raise ValueError("y was given, but this TimeMLP was built without n_classes")
+            if y.shape != (x.shape[0],) or int(y.min()) < 0 or int(y.max()) > self.n_classes:
+                raise ValueError(f"y must hold one label in 0..{self.n_classes} ({self.n_classes} = none) per row")
+            h = h + self.label(y)
+        elif self.label is not None:
+            h = h + self.label.weight[self.n_classes]
+        h = self.act(h)
         for lin, tlin in zip(self.hidden, self.time[1:]):
             h = self.act(lin(h) + tlin(emb))
         return self.out(h)
