@@ -66,10 +66,13 @@ def _is_checked(cell: dict) -> bool:
 def sync() -> None:
     """Make the first cell of every notebook the standard set-up cell (hidden in the book)."""
     cell = {"cell_type": "code", "execution_count": None, "id": "setup",
-            "metadata": {"tags": ["remove-cell"]}, "outputs": [], "source": setup_source()}
+            "metadata": {"tags": ["remove-cell"]}, "outputs": [],
+            "source": setup_source().splitlines(keepends=True)}
     for path in notebooks():
         nb = _load(path)
         first = nb["cells"][0] if nb["cells"] else {}
+        if first.get("cell_type") == "code" and _source(first) == setup_source():
+            continue                                              # already standard: leave the file alone
         if first.get("cell_type") == "code" and "remove-cell" in first.get("metadata", {}).get("tags", []):
             nb["cells"][0] = cell
         else:
