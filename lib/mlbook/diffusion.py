@@ -331,9 +331,9 @@ def sigma_schedule(n_steps: int, sigma_min: float, sigma_max: float, *, kind: st
     if hi <= lo:
         raise ValueError(f"sigma_max must exceed sigma_min, got {sigma_max} <= {sigma_min}")
     _checks.choice(kind, "kind", ["karras", "uniform", "cosine"])
+    rho = _checks.real(rho, "rho", positive=True)
     u = torch.linspace(0, 1, n_steps, dtype=torch.float64) if n_steps > 1 else torch.zeros(1, dtype=torch.float64)
     if kind == "karras":
-        rho = _checks.real(rho, "rho", positive=True)
         sig = (hi ** (1 / rho) + u * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
     elif kind == "uniform":
         sig = hi + u * (lo - hi)

@@ -200,6 +200,7 @@ def sample_heun_edm(score, process, x, ts, *, generator=None, callback=None, sho
         raise TypeError(f"sample_heun_edm needs an EDM process (time = noise level), got {type(process).__name__}")
     ts = _setup(score, process, x, ts)
     churn = _checks.real(churn, "churn", nonnegative=True)
+    s_noise = _checks.real(s_noise, "s_noise", nonnegative=True)
     n = len(ts) - 1
     gamma = min(churn / n, math.sqrt(2) - 1)
     for i in _steps(ts, show_progress, "Heun (EDM)"):
