@@ -303,7 +303,7 @@ class EDM(NoiseProcess):
 
     def sample_time(self, n: int, *, generator: torch.Generator | None = None, device=None,
                     p_mean: float = -1.2, p_std: float = 1.2) -> torch.Tensor:
-        """Training noise levels: log sigma ~ N(p_mean, p_std^2), Karras et al.'s choice (eq. edm-loss)."""
+        """Training noise levels: log sigma ~ N(p_mean, p_std^2), Karras et al.'s choice (eq. edm-lognormal)."""
         z = torch.randn(n, generator=generator, dtype=torch.float64)
         return torch.exp(p_mean + p_std * z).to(get_device(device))
 
