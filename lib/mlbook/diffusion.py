@@ -35,6 +35,15 @@ def _as_t(t) -> torch.Tensor:
     return t if torch.is_tensor(t) else torch.as_tensor(t, dtype=torch.float64)
 
 
+def _sigma_range(sigma_min, sigma_max) -> tuple[float, float]:
+    """Validated noise levels 0 < sigma_min < sigma_max."""
+    lo = _checks.real(sigma_min, "sigma_min", positive=True)
+    hi = _checks.real(sigma_max, "sigma_max", positive=True)
+    if hi <= lo:
+        raise ValueError(f"sigma_max must exceed sigma_min, got {sigma_max} <= {sigma_min}")
+    return lo, hi
+
+
 def _col(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Broadcast a scalar or per-sample (n,) coefficient against x of shape (n, d)."""
     v = v.to(x.device, x.dtype)
@@ -165,10 +174,7 @@ class VE(NoiseProcess):
     r"""Variance exploding: :math:`\alpha_t = 1`, :math:`\sigma_t = \sigma_{\min}(\sigma_{\max}/\sigma_{\min})^t`, eq. (sde-ve)."""
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 10.0, t_min: float = 0.0):
-        self.sigma_min = _checks.real(sigma_min, "sigma_min", positive=True)
-        self.sigma_max = _checks.real(sigma_max, "sigma_max", positive=True)
-        if self.sigma_max <= self.sigma_min:
-            raise ValueError(f"sigma_max must exceed sigma_min, got {sigma_max} <= {sigma_min}")
+        self.sigma_min, self.sigma_max = _sigma_range(sigma_min, sigma_max)
         self.t_min = _checks.real(t_min, "t_min", nonnegative=True)
         self._log_ratio = math.log(self.sigma_max / self.sigma_min)
 
@@ -279,10 +285,7 @@ class EDM(NoiseProcess):
     """
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5):
-        self.sigma_min = _checks.real(sigma_min, "sigma_min", positive=True)
-        self.sigma_max = _checks.real(sigma_max, "sigma_max", positive=True)
-        if self.sigma_max <= self.sigma_min:
-            raise ValueError(f"sigma_max must exceed sigma_min, got {sigma_max} <= {sigma_min}")
+        self.sigma_min, self.sigma_max = _sigma_range(sigma_min, sigma_max)
         self.sigma_data = _checks.real(sigma_data, "sigma_data", positive=True)
         self.t_min = self.sigma_min
 
@@ -326,10 +329,7 @@ def sigma_schedule(n_steps: int, sigma_min: float, sigma_max: float, *, kind: st
     the cosine schedule (sqrt(1/abar - 1), eq. ddpm-cosine-schedule, with s = 0).
     """
     n_steps = _checks.integer(n_steps, "n_steps", minimum=1)
-    lo = _checks.real(sigma_min, "sigma_min", positive=True)
-    hi = _checks.real(sigma_max, "sigma_max", positive=True)
-    if hi <= lo:
-        raise ValueError(f"sigma_max must exceed sigma_min, got {sigma_max} <= {sigma_min}")
+    lo, hi = _sigma_range(sigma_min, sigma_max)
     _checks.choice(kind, "kind", ["karras", "uniform", "cosine"])
     rho = _checks.real(rho, "rho", positive=True)
     u = torch.linspace(0, 1, n_steps, dtype=torch.float64) if n_steps > 1 else torch.zeros(1, dtype=torch.float64)

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from test_book_pages import ARTIFACTS, CHROMIUM_FLAGS, ROOT, _chromium, _missing
+from test_book_pages import ARTIFACTS, ROOT, browser  # noqa: F401  (browser is a fixture)
 
 
 def _free_port() -> int:
@@ -52,32 +52,25 @@ def lab(tmp_path_factory):
         proc.wait(10)
 
 
-def test_live_slider_redraws_in_jupyterlab(lab):
-    executable = _chromium()
-    if executable is None:
-        _missing("no Chromium found (install Debian's `chromium`, or set $CHROMIUM)")
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        errors = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(f"{lab}/lab/tree/kl_approximation.ipynb")
-        page.wait_for_selector(".jp-Notebook", timeout=60_000)
-        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-        page.wait_for_timeout(3000)                       # let the kernel connect
-        page.click("text=Run", timeout=10_000)
-        page.click("text=Run All Cells", timeout=10_000)
-        image = page.wait_for_selector(".jupyter-widgets img", timeout=180_000)
-        before = image.get_attribute("src")
-        handle = page.wait_for_selector(".jupyter-widgets .noUi-handle", timeout=10_000)
-        handle.focus()
-        page.keyboard.press("ArrowRight")
-        page.wait_for_function(
-            "(old) => { const i = document.querySelector('.jupyter-widgets img'); return i && i.src !== old; }",
-            arg=before, timeout=60_000)
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "jupyterlab-live-slider.png"))
-        print(f"\nscreenshot: {ARTIFACTS / 'jupyterlab-live-slider.png'}")
-        browser.close()
+def test_live_slider_redraws_in_jupyterlab(lab, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{lab}/lab/tree/kl_approximation.ipynb")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    page.wait_for_timeout(3000)                       # let the kernel connect
+    page.click("text=Run", timeout=10_000)
+    page.click("text=Run All Cells", timeout=10_000)
+    image = page.wait_for_selector(".jupyter-widgets img", timeout=180_000)
+    before = image.get_attribute("src")
+    handle = page.wait_for_selector(".jupyter-widgets .noUi-handle", timeout=10_000)
+    handle.focus()
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function(
+        "(old) => { const i = document.querySelector('.jupyter-widgets img'); return i && i.src !== old; }",
+        arg=before, timeout=60_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "jupyterlab-live-slider.png"))
+    print(f"\nscreenshot: {ARTIFACTS / 'jupyterlab-live-slider.png'}")
+    page.close()
     assert not errors, f"JavaScript errors in JupyterLab: {errors}"
