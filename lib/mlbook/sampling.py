@@ -23,12 +23,15 @@ __all__ = ["trajectory", "CountingScore", "probability_flow", "sample_ancestral"
            "classifier_guided_score", "cfg_score", "SAMPLERS"]
 
 
-def _setup(score, process, x, ts):
+def _setup(score, process, x, ts, *, allow_single: bool = False):
     if not callable(score):
         raise TypeError("score must be callable as score(x, t)")
     if not isinstance(process, NoiseProcess):
         raise TypeError(f"process must be a NoiseProcess, got {type(process).__name__}")
     _checks.tensor(x, "x", ndim=2, floating=True)
+    single = torch.as_tensor(ts, dtype=torch.float64)
+    if allow_single and single.shape == (1,) and bool(torch.isfinite(single).all()):
+        return single.to(x.device, x.dtype)
     ts = ode.check_grid(ts).to(x.device, x.dtype)
     if not bool((ts.diff() < 0).all()):
         raise ValueError("ts must decrease: samplers run from noise (t near 1) to data (t near 0)")
@@ -115,12 +118,7 @@ def sample_langevin(score, process, x, ts, *, generator=None, callback=None, sho
     At each level, ``n_steps`` updates x <- x + eta/2 score + sqrt(eta) z with eta = step_scale * sigma_t^2.
     ``denoise`` ends with Tweedie's estimate of x_0 at the last level, removing its residual noise.
     """
-    ts = torch.as_tensor(ts, dtype=torch.float64)
-    if ts.ndim == 1 and len(ts) == 1:            # one level: plain (not annealed) Langevin
-        _setup(score, process, x, torch.cat([ts, ts - 1]))
-        ts = ts.to(x.device, x.dtype)
-    else:
-        ts = _setup(score, process, x, ts)
+    ts = _setup(score, process, x, ts, allow_single=True)    # one level: plain Langevin
     n_steps = _checks.integer(n_steps, "n_steps", minimum=1)
     step_scale = _checks.real(step_scale, "step_scale", positive=True)
     levels = range(len(ts))

@@ -46,10 +46,10 @@ def _batches(data, batch_size: int, generator: torch.Generator | None, device: t
     if any(len(t) != n for t in tensors):
         raise ValueError(f"data tensors must have the same number of rows, got {[len(t) for t in tensors]}")
     tensors = tuple(t.to(device) for t in tensors)
-    while True:
+    while True:                     # full batches only; fewer rows than batch_size make one batch
         perm = torch.randperm(n, generator=generator).to(device)
-        for start in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
-            idx = perm[start:start + batch_size]
+        for k in range(max(n // batch_size, 1)):
+            idx = perm[k * batch_size:(k + 1) * batch_size]
             batch = tuple(t[idx] for t in tensors)
             yield batch if len(batch) > 1 else batch[0]
 
