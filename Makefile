@@ -15,7 +15,7 @@ JOBS ?= 2
 export MLBOOK_PROGRESS ?= 0
 export PYTHONHASHSEED = 0
 
-.PHONY: install book test unit notebooks browser lab sync-notebooks record-notebooks check-notebooks clean
+.PHONY: install book book-quick test unit notebooks browser lab sync-notebooks record-notebooks check-notebooks clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10) and "Python 3.10 or newer is needed")'
@@ -38,6 +38,15 @@ book: $(VENV)/.installed
 	$(VENV)/bin/jupyter-book build . --builder html -W -n --keep-going; \
 	status=$$?; echo "book build: $$(( $$(date +%s) - start )) s"; exit $$status
 	@echo "The book is in _build/html; open _build/html/index.html in a browser."
+
+# Authors' check of the pages only: the same -W -n build without executing notebooks (seconds).
+QUICK_OUT ?= _build/quick
+book-quick: $(VENV)/.installed
+	@cfg=$$(mktemp /tmp/mlbook-quick-XXXXXX.yml); \
+	sed 's/^  execute_notebooks: .*/  execute_notebooks: "off"/' _config.yml > $$cfg; \
+	$(VENV)/bin/jupyter-book build . --builder html -W -n --keep-going --config $$cfg --path-output $(QUICK_OUT) 2>&1 \
+	  > $(QUICK_OUT).log; status=$$?; grep -E 'WARNING|ERROR|problems' $(QUICK_OUT).log; rm -f $$cfg; \
+	echo "book-quick: exit $$status, log in $(QUICK_OUT).log"; exit $$status
 
 unit: $(VENV)/.installed
 	$(PY) -m pytest tests --ignore=tests/browser -q
