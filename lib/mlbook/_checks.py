@@ -55,3 +55,40 @@ def choice(value, name: str, options: Sequence[str]) -> str:
     if value not in options:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}; got {value!r}")
     return value
+
+
+def features(X, name: str = "X", *, n_features: int | None = None, device=None,
+             dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Return ``X`` (a tensor, NumPy array or nested list) as a 2-D ``(n_samples, n_features)`` tensor.
+
+    The estimators' shared input check: rejects a wrong number of dimensions, an empty array, a
+    feature count other than ``n_features`` (the one seen in ``fit``), and NaN or infinite entries,
+    each with a message naming the argument. ``device=None`` keeps a tensor's device (arrays go to the CPU).
+    """
+    if isinstance(X, torch.Tensor):
+        X = X.to(device=device if device is not None else X.device, dtype=dtype)
+    else:
+        try:
+            X = torch.as_tensor(X, dtype=dtype, device=device)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"{name} must be a 2-D array of numbers: {err}") from None
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {tuple(X.shape)}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(X.shape)}")
+    if n_features is not None and X.shape[1] != n_features:
+        raise ValueError(f"{name} has {X.shape[1]} features, but the estimator was fitted with {n_features}")
+    if not torch.isfinite(X).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return X
+
+
+class NotFittedError(RuntimeError):
+    """An estimator's ``predict`` (or similar) was called before ``fit``."""
+
+
+def fitted(estimator, *attributes: str) -> None:
+    """Raise :class:`NotFittedError` unless ``estimator`` has every attribute set by ``fit``."""
+    missing = [a for a in attributes if getattr(estimator, a, None) is None]
+    if missing:
+        raise NotFittedError(f"this {type(estimator).__name__} is not fitted yet: call fit(X, y) first")
