@@ -1,0 +1,249 @@
+"""mlbook.svm: losses, kernels, SMO in the dual, the primal subgradient solver, and the estimators."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mlbook import svm
+from mlbook._checks import NotFittedError
+from helpers import gen, t64
+
+TWO_POINTS = ([[0.0, 0.0], [2.0, 2.0]], [0, 1])
+
+
+# ------------------------------------------------------------------------------------ losses
+
+def test_hinge_loss_values():
+    z = t64([-2.0, 0.0, 0.5, 1.0, 3.0])
+    assert svm.hinge_loss(z).tolist() == [3.0, 1.0, 0.5, 0.0, 0.0]
+
+
+def test_logistic_loss_is_one_bit_at_zero_and_stable_in_the_tails():
+    z = t64([0.0, -800.0, 800.0])
+    out = svm.logistic_loss(z)
+    assert out[0] == pytest.approx(1.0, abs=1e-15)
+    assert out[1] == pytest.approx(800 / math.log(2), rel=1e-12)          # no overflow
+    assert 0 <= out[2] < 1e-300 or out[2] == 0
+
+
+@pytest.mark.parametrize("name", ["hinge", "logistic"])
+def test_surrogates_upper_bound_the_zero_one_loss(name):
+    z = torch.linspace(-5, 5, 1001, dtype=torch.float64)
+    assert (svm.LOSSES[name](z) >= svm.zero_one_loss(z)).all()
+
+
+def test_zero_one_loss_counts_zero_margin_as_an_error():
+    assert svm.zero_one_loss(t64([-1.0, 0.0, 1e-9])).tolist() == [1.0, 1.0, 0.0]
+
+
+def test_losses_reject_integer_tensors():
+    with pytest.raises(TypeError, match="floating"):
+        svm.hinge_loss(torch.tensor([1, 2]))
+
+
+# ------------------------------------------------------------------------------------ kernels
+
+def test_kernels_match_their_formulas():
+    X = torch.randn(5, 3, generator=gen(0), dtype=torch.float64)
+    Z = torch.randn(4, 3, generator=gen(1), dtype=torch.float64)
+    d2 = ((X[:, None, :] - Z[None, :, :]) ** 2).sum(-1)
+    torch.testing.assert_close(svm.kernel_matrix("linear", X, Z), X @ Z.T)
+    torch.testing.assert_close(svm.kernel_matrix("rbf", X, Z, gamma=0.7), torch.exp(-0.7 * d2))
+    torch.testing.assert_close(svm.kernel_matrix("poly", X, Z, degree=2, gamma=0.5, coef0=1.0),
+                               (0.5 * X @ Z.T + 1.0) ** 2)
+
+
+def test_kernels_agree_with_scikit_learn():
+    from sklearn.metrics.pairwise import polynomial_kernel, rbf_kernel
+
+    X = torch.randn(6, 4, generator=gen(2), dtype=torch.float64)
+    np.testing.assert_allclose(svm.rbf_kernel(X, X, gamma=0.3).numpy(), rbf_kernel(X.numpy(), gamma=0.3), atol=1e-13)
+    np.testing.assert_allclose(svm.polynomial_kernel(X, X, degree=3, gamma=0.2, coef0=1.0).numpy(),
+                               polynomial_kernel(X.numpy(), degree=3, gamma=0.2, coef0=1.0), rtol=1e-12)
+
+
+def test_rbf_diagonal_is_exactly_one_and_gram_is_psd():
+    X = 10 * torch.randn(30, 2, generator=gen(3), dtype=torch.float64)
+    K = svm.rbf_kernel(X, X, gamma=0.01)
+    assert (K.diagonal() - 1).abs().max() < 1e-12
+    assert torch.linalg.eigvalsh(K).min() > -1e-10
+
+
+def test_unknown_kernel_raises_naming_the_choices():
+    X = torch.zeros(2, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="unknown kernel 'sigmoid'.*'linear', 'rbf', 'poly'"):
+        svm.kernel_matrix("sigmoid", X, X)
+    with pytest.raises(ValueError, match="unknown kernel 'gaussian'"):
+        svm.SVC(kernel="gaussian")
+
+
+def test_kernel_rejects_mismatched_feature_counts_and_bad_parameters():
+    with pytest.raises(ValueError, match="last dimension 2"):
+        svm.kernel_matrix("linear", torch.zeros(3, 2, dtype=torch.float64), torch.zeros(3, 4, dtype=torch.float64))
+    X = torch.zeros(2, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="gamma must be > 0"):
+        svm.kernel_matrix("rbf", X, X, gamma=0.0)
+    with pytest.raises(ValueError, match="degree must be >= 1"):
+        svm.kernel_matrix("poly", X, X, degree=0)
+
+
+# ------------------------------------------------------------------------- the two-point example
+
+def test_two_points_give_the_closed_form_solution_exactly():
+    model = svm.SVC(C=10.0, kernel="linear").fit(*TWO_POINTS)
+    assert model.coef_.tolist() == [0.5, 0.5]
+    assert model.intercept_ == -1.0
+    assert model.alpha_.tolist() == [0.25, 0.25]
+    assert 2 / float(model.coef_.norm()) == pytest.approx(2 * math.sqrt(2), rel=1e-15)
+    assert model.dual_objective_ == 0.25                     # = ||w||^2 / 2: no duality gap
+    assert model.predict([[0.0, 0.0], [2.0, 2.0], [0.9, 0.9], [1.1, 1.1]]).tolist() == [0, 1, 0, 1]
+
+
+def test_two_points_soft_margin_caps_alpha_at_C():
+    model = svm.SVC(C=0.1, kernel="linear").fit(*TWO_POINTS)
+    assert model.alpha_.tolist() == [0.1, 0.1]
+    torch.testing.assert_close(model.coef_, t64([0.2, 0.2]))
+
+
+# ---------------------------------------------------------------------------------------- SMO
+
+def test_smo_solution_satisfies_the_kkt_conditions():
+    X, y = svm.moons(80, noise=0.25, generator=gen(4))
+    C, tol = 1.0, 1e-6
+    K = svm.rbf_kernel(X, X, gamma=2.0)
+    res = svm.smo(K, y, C, tol=tol)
+    assert res.converged and res.gap <= tol
+    alpha = res.alpha
+    assert (alpha >= 0).all() and (alpha <= C).all()
+    assert abs(float(alpha @ y)) < 1e-10                                    # equality constraint
+    margin = y * (K @ (alpha * y) + res.b)                                   # y_i f(x_i)
+    assert (margin[alpha == 0] >= 1 - 1e-5).all()
+    assert (margin[alpha == C] <= 1 + 1e-5).all()
+    free = (alpha > 0) & (alpha < C)
+    assert free.any() and torch.allclose(margin[free], torch.ones_like(margin[free]), atol=1e-5)
+
+
+def test_smo_dual_is_not_above_primal_and_the_gap_shrinks_with_tol():
+    X, y = svm.moons(60, noise=0.3, generator=gen(5))
+    C = 2.0
+    K = X @ X.T
+    gaps = []
+    for tol in [1e-2, 1e-6]:
+        res = svm.smo(K, y, C, tol=tol)
+        w = (res.alpha * y) @ X
+        P = float(svm.primal_objective(w, res.b, X, y, C))
+        D = float(svm.dual_objective(res.alpha, y, K))
+        assert D <= P + 1e-9
+        gaps.append(P - D)
+    assert gaps[1] < gaps[0] and gaps[1] < 1e-4 * gaps[0] + 1e-6
+
+
+@pytest.mark.parametrize("kernel,params", [("rbf", {"gamma": 1.0}), ("poly", {"gamma": 0.5, "degree": 3, "coef0": 1.0}),
+                                           ("linear", {})])
+def test_svc_matches_scikit_learn(kernel, params):
+    from sklearn.svm import SVC as SkSVC
+
+    X, y = svm.moons(50, noise=0.2, generator=gen(6))
+    ours = svm.SVC(C=1.0, kernel=kernel, tol=1e-3, **params).fit(X, y)
+    ref = SkSVC(C=1.0, kernel=kernel, tol=1e-3, **params).fit(X.numpy(), y.numpy())
+    assert ours.support_.tolist() == sorted(ref.support_.tolist())
+    d_ours, d_ref = ours.decision_function(X).numpy(), ref.decision_function(X.numpy())
+    assert np.abs(d_ours - d_ref).max() < 1e-2
+    assert (np.sign(d_ours) == np.sign(d_ref)).all()
+
+
+def test_smo_warns_when_it_runs_out_of_iterations():
+    X, y = svm.moons(40, noise=0.3, generator=gen(7))
+    with pytest.warns(RuntimeWarning, match="max_iter=2"):
+        res = svm.smo(X @ X.T, y, 1.0, max_iter=2)
+    assert not res.converged and res.n_iter == 2
+
+
+def test_smo_rejects_bad_input():
+    K = torch.eye(3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="only the labels -1 and \\+1"):
+        svm.smo(K, t64([0.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="both classes"):
+        svm.smo(K, t64([1.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="K must be \\(3, 3\\)"):
+        svm.smo(torch.eye(2, dtype=torch.float64), t64([1.0, -1.0, 1.0]))
+    with pytest.raises(ValueError, match="C must be > 0"):
+        svm.smo(K, t64([1.0, -1.0, 1.0]), C=0.0)
+
+
+# ------------------------------------------------------------------------------ the estimators
+
+def test_svc_labels_map_to_classes_like_scikit_learn():
+    from sklearn.svm import SVC as SkSVC
+
+    X, y = svm.moons(40, noise=0.1, generator=gen(8))
+    labels = torch.where(y > 0, 7, 3)                                       # any two class values
+    model = svm.SVC(C=1.0, gamma=2.0).fit(X, labels)
+    ref = SkSVC(C=1.0, gamma=2.0).fit(X.numpy(), labels.numpy())
+    assert model.classes_.tolist() == [3, 7] == ref.classes_.tolist()
+    assert model.predict(X).tolist() == ref.predict(X.numpy()).tolist()
+    assert np.sign(model.decision_function(X).numpy()).tolist() == np.sign(ref.decision_function(X.numpy())).tolist()
+
+
+def test_svc_support_vectors_are_sparse_and_w_is_their_combination():
+    X, y = svm.moons(100, noise=0.1, generator=gen(9))
+    model = svm.SVC(C=10.0, kernel="linear").fit(X, y)
+    assert 0 < len(model.support_) < len(X) // 2
+    torch.testing.assert_close(model.coef_, (model.alpha_ * y) @ X)        # eq. (svm-w)
+    torch.testing.assert_close(model.decision_function(X), X @ model.coef_ + model.intercept_)
+
+
+def test_gamma_scale_follows_scikit_learn():
+    X, y = svm.moons(30, generator=gen(10))
+    model = svm.SVC().fit(X, y)
+    assert model.gamma_ == pytest.approx(1 / (2 * float(X.var(unbiased=False))))
+
+
+def test_estimators_refuse_bad_input_with_clear_errors():
+    with pytest.raises(NotFittedError, match="not fitted"):
+        svm.SVC().predict([[0.0, 0.0]])
+    with pytest.raises(NotFittedError, match="not fitted"):
+        svm.LinearSVM().decision_function([[0.0, 0.0]])
+    with pytest.raises(ValueError, match="exactly two classes"):
+        svm.SVC().fit([[0.0], [1.0], [2.0]], [0, 1, 2])
+    with pytest.raises(ValueError, match="3 rows but y has 2"):
+        svm.SVC().fit([[0.0], [1.0], [2.0]], [0, 1])
+    with pytest.raises(ValueError, match="NaN"):
+        svm.SVC().fit([[0.0], [float("nan")]], [0, 1])
+    model = svm.SVC(kernel="linear").fit(*TWO_POINTS)
+    with pytest.raises(ValueError, match="3 features, but the estimator was fitted with 2"):
+        model.decision_function([[0.0, 0.0, 0.0]])
+    with pytest.raises(ValueError, match="C must be > 0"):
+        svm.SVC(C=-1.0)
+    with pytest.raises(ValueError, match="gamma must be > 0"):
+        svm.SVC(gamma=0.0)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        svm.LinearSVM(loss="squared")
+
+
+def test_linear_svm_by_subgradient_descent_reaches_the_dual_optimum():
+    X, y = svm.moons(120, noise=0.2, generator=gen(11))
+    C = 0.5
+    exact = svm.SVC(C=C, kernel="linear", tol=1e-6).fit(X, y)
+    primal = svm.LinearSVM(C=C, lr=0.1, steps=1500).fit(X, y)
+    P = min(primal.objective_)
+    assert P >= exact.dual_objective_ - 1e-9                                # weak duality
+    assert P - exact.dual_objective_ < 1e-3 * exact.dual_objective_
+    torch.testing.assert_close(primal.coef_, exact.coef_, atol=0.02, rtol=0)
+    assert abs(primal.intercept_ - exact.intercept_) < 0.02
+
+
+def test_logistic_regression_option_fits_a_separating_line():
+    X, y = svm.moons(100, noise=0.1, generator=gen(12))
+    model = svm.LinearSVM(C=1.0, loss="logistic", steps=500).fit(X, y)
+    assert (model.predict(X) == y).double().mean() > 0.8
+    assert model.objective_[-1] < model.objective_[0]
+
+
+def test_moons_are_balanced_and_seeded():
+    X1, y1 = svm.moons(11, generator=gen(13))
+    X2, y2 = svm.moons(11, generator=gen(13))
+    assert torch.equal(X1, X2) and X1.shape == (11, 2)
+    assert y1.tolist() == [1.0] * 5 + [-1.0] * 6
