@@ -1,0 +1,404 @@
+r"""Preference alignment on bandits: RLHF, DPO and GRPO (chapter "Preference alignment").
+
+A *bandit* here is a discrete set of K responses with log-probabilities ``logp`` of shape
+``(..., K)`` under a policy, a reference policy ``ref_logp`` of the same shape, and a reward per
+response. Leading dimensions are batches (contexts, or independent runs). Policies are
+:class:`TabularPolicy` (one free logit per response) or :class:`MLPPolicy` (logits from a context).
+Equation labels refer to ``book/alignment.md``; the k3 penalty is :func:`mlbook.kl.k3`.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import _checks
+from .kl import k3
+
+__all__ = ["TabularPolicy", "MLPPolicy", "RewardModel",
+           "optimal_log_policy", "optimal_value", "expected_reward", "kl_divergence", "objective",
+           "total_variation", "sample_responses", "sample_preferences", "preference_weights",
+           "preference_counts", "bradley_terry_loss", "pairwise_loss", "implicit_reward", "dpo_loss",
+           "pairwise_dpo_loss", "kl_regularised_advantages", "policy_gradient_loss", "group_advantages",
+           "grpo_loss", "expected_group_advantage", "population_grpo_loss", "grpo_fixed_point_residual",
+           "fit"]
+
+
+# ------------------------------------------------------------------------------- argument checks
+
+def _beta(beta) -> float:
+    return _checks.real(beta, "beta", positive=True)
+
+
+def _logp(logp, name: str) -> torch.Tensor:
+    return _checks.tensor(logp, name, floating=True, ndim=range(1, 8))
+
+
+def _same_shape(**tensors: torch.Tensor) -> None:
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    if len(set(shapes.values())) > 1:
+        listed = ", ".join(f"{n} {s}" for n, s in shapes.items())
+        raise ValueError(f"shapes must match, got {listed}")
+
+
+def _responses(y, name: str, k: int) -> torch.Tensor:
+    _checks.tensor(y, name)
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer response indices, got dtype {y.dtype}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= k):
+        raise ValueError(f"{name} must hold response indices in 0..{k - 1}")
+    return y
+
+
+# ------------------------------------------------------------------------------------- policies
+
+class TabularPolicy(nn.Module):
+    """A policy with one free logit per response: ``forward()`` returns log-probabilities ``(..., K)``.
+
+    ``logits`` (``(..., K)``) is the starting point, usually the reference policy's, so that
+    training starts at pi = pi_ref; leading dimensions hold independent policies (contexts, runs).
+    """
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        _checks.tensor(logits, "logits", floating=True, ndim=range(1, 8))
+        if logits.shape[-1] < 2:
+            raise ValueError(f"a policy needs at least 2 responses, got shape {tuple(logits.shape)}")
+        self.logits = nn.Parameter(logits.detach().clone())
+
+    def forward(self, x: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.log_softmax(self.logits, dim=-1)                      # (..., K)
+
+
+class MLPPolicy(nn.Module):
+    """A policy over K responses given a context x in R^d: log-probabilities ``(n, K)`` from an MLP."""
+
+    def __init__(self, context_dim: int, n_responses: int, hidden: int = 64):
+        super().__init__()
+        self.context_dim = _checks.integer(context_dim, "context_dim", minimum=1)
+        n_responses = _checks.integer(n_responses, "n_responses", minimum=2)
+        hidden = _checks.integer(hidden, "hidden", minimum=1)
+        self.net = nn.Sequential(nn.Linear(self.context_dim, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, n_responses))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _checks.tensor(x, "x", ndim=2, last_dim=self.context_dim, floating=True)
+        return torch.log_softmax(self.net(x), dim=-1)                      # (n, K)
+
+
+class RewardModel(nn.Module):
+    """A Bradley-Terry reward model, eq. (align-bt): one score per response, tabular or from a context.
+
+    ``RewardModel(K)`` holds a free score per response (``forward()`` -> ``(K,)``);
+    ``RewardModel(K, context_dim=d)`` scores every response of a context (``forward(x)`` -> ``(n, K)``).
+    Scores are identified only up to an additive constant per context.
+    """
+
+    def __init__(self, n_responses: int, context_dim: int | None = None, hidden: int = 64):
+        super().__init__()
+        self.n_responses = _checks.integer(n_responses, "n_responses", minimum=2)
+        self.context_dim = None if context_dim is None else _checks.integer(context_dim, "context_dim", minimum=1)
+        if self.context_dim is None:
+            self.scores = nn.Parameter(torch.zeros(self.n_responses, dtype=torch.float64))
+        else:
+            hidden = _checks.integer(hidden, "hidden", minimum=1)
+            self.net = nn.Sequential(nn.Linear(self.context_dim, hidden), nn.SiLU(),
+                                     nn.Linear(hidden, self.n_responses))
+
+    def forward(self, x: torch.Tensor | None = None) -> torch.Tensor:
+        if self.context_dim is None:
+            return self.scores
+        _checks.tensor(x, "x", ndim=2, last_dim=self.context_dim, floating=True)
+        return self.net(x)
+
+
+# ------------------------------------------------------------ the KL-regularised objective, exactly
+
+def optimal_log_policy(ref_logp: torch.Tensor, reward: torch.Tensor, beta: float) -> torch.Tensor:
+    """log pi* = log pi_ref + r / beta - log Z, eq. (align-optimal): the KL-regularised optimum."""
+    beta, ref_logp = _beta(beta), _logp(ref_logp, "ref_logp")
+    _same_shape(ref_logp=ref_logp, reward=_checks.tensor(reward, "reward", floating=True))
+    return torch.log_softmax(ref_logp + reward / beta, dim=-1)
+
+
+def optimal_value(ref_logp: torch.Tensor, reward: torch.Tensor, beta: float) -> torch.Tensor:
+    """The optimal objective beta log Z = beta log sum_y pi_ref(y) exp(r(y) / beta), eq. (align-value)."""
+    beta, ref_logp = _beta(beta), _logp(ref_logp, "ref_logp")
+    _same_shape(ref_logp=ref_logp, reward=_checks.tensor(reward, "reward", floating=True))
+    return beta * torch.logsumexp(ref_logp + reward / beta, dim=-1)
+
+
+def expected_reward(logp: torch.Tensor, reward: torch.Tensor) -> torch.Tensor:
+    """E_pi[r] = sum_y pi(y) r(y), summed over the last dimension."""
+    logp = _logp(logp, "logp")
+    _same_shape(logp=logp, reward=_checks.tensor(reward, "reward", floating=True))
+    return (logp.exp() * reward).sum(-1)
+
+
+def kl_divergence(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """The exact KL[pi, pi_ref] = sum_y pi(y) (log pi(y) - log pi_ref(y)) of two categorical policies."""
+    logp, ref_logp = _logp(logp, "logp"), _logp(ref_logp, "ref_logp")
+    _same_shape(logp=logp, ref_logp=ref_logp)
+    p = logp.exp()
+    return torch.where(p > 0, p * (logp - ref_logp), torch.zeros_like(p)).sum(-1)
+
+
+def objective(logp: torch.Tensor, ref_logp: torch.Tensor, reward: torch.Tensor, beta: float) -> torch.Tensor:
+    """J(pi) = E_pi[r] - beta KL[pi, pi_ref], eq. (align-objective), computed exactly."""
+    beta = _beta(beta)
+    return expected_reward(logp, reward) - beta * kl_divergence(logp, ref_logp)
+
+
+def total_variation(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """Total variation distance (1/2) sum_y |p(y) - q(y)| between two categorical distributions."""
+    logp, logq = _logp(logp, "logp"), _logp(logq, "logq")
+    _same_shape(logp=logp, logq=logq)
+    return 0.5 * (logp.exp() - logq.exp()).abs().sum(-1)
+
+
+# ------------------------------------------------------------------------------ sampling the data
+
+def sample_responses(logp: torch.Tensor, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` responses per row of ``logp`` (``(..., K)`` -> ``(..., n)``), drawn on the CPU, on ``logp``'s device."""
+    logp = _logp(logp, "logp")
+    n = _checks.integer(n, "n", minimum=1)
+    probs = logp.detach().exp().cpu().double().reshape(-1, logp.shape[-1])
+    y = torch.multinomial(probs, n, replacement=True, generator=generator)
+    return y.reshape(*logp.shape[:-1], n).to(logp.device)
+
+
+def sample_preferences(ref_logp: torch.Tensor, reward: torch.Tensor, n: int, *,
+                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` labelled pairs: y, y' ~ pi_ref independently, y preferred with probability sigma(r(y) - r(y')).
+
+    Returns ``(chosen, rejected)`` index tensors of shape ``(n,)``; the labeller is the Bradley-Terry
+    model (align-bt) with the true reward. ``ref_logp`` and ``reward`` have shape ``(K,)``.
+    """
+    ref_logp = _checks.tensor(ref_logp, "ref_logp", ndim=1, floating=True)
+    _same_shape(ref_logp=ref_logp, reward=_checks.tensor(reward, "reward", floating=True))
+    pair = sample_responses(ref_logp, 2 * _checks.integer(n, "n", minimum=1), generator=generator).view(2, -1)
+    u = torch.rand(pair.shape[1], generator=generator, dtype=torch.float64).to(ref_logp.device)
+    first_wins = u < torch.sigmoid((reward[pair[0]] - reward[pair[1]]).double())
+    chosen = torch.where(first_wins, pair[0], pair[1])
+    rejected = torch.where(first_wins, pair[1], pair[0])
+    return chosen, rejected
+
+
+def preference_weights(ref_logp: torch.Tensor, reward: torch.Tensor) -> torch.Tensor:
+    """Population pair weights W[i, j] = 2 pi_ref(i) pi_ref(j) sigma(r_i - r_j), eq. (align-pairs): the
+    probability that a labelled pair of :func:`sample_preferences` reads "i chosen over j" (the pair can
+    be drawn in either order). Shape ``(..., K, K)``; each ``W`` sums to 1."""
+    ref_logp = _logp(ref_logp, "ref_logp")
+    _same_shape(ref_logp=ref_logp, reward=_checks.tensor(reward, "reward", floating=True))
+    p = ref_logp.exp()
+    return 2 * p[..., :, None] * p[..., None, :] * torch.sigmoid(reward[..., :, None] - reward[..., None, :])
+
+
+def preference_counts(chosen: torch.Tensor, rejected: torch.Tensor, n_responses: int) -> torch.Tensor:
+    """Empirical pair weights W[i, j] = (number of pairs with i chosen over j) / n, shape ``(K, K)``."""
+    k = _checks.integer(n_responses, "n_responses", minimum=2)
+    chosen, rejected = _responses(chosen, "chosen", k), _responses(rejected, "rejected", k)
+    _same_shape(chosen=chosen, rejected=rejected)
+    if chosen.ndim != 1 or len(chosen) == 0:
+        raise ValueError(f"chosen and rejected must be non-empty 1-D index tensors, got shape {tuple(chosen.shape)}")
+    flat = torch.bincount(chosen * k + rejected, minlength=k * k).double()
+    return (flat / len(chosen)).view(k, k)
+
+
+# ---------------------------------------------------------------------- Bradley-Terry and DPO losses
+
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
+    """Mean negative Bradley-Terry log-likelihood -log sigma(r_chosen - r_rejected), eq. (align-bt-loss).
+
+    Written as softplus(r_rejected - r_chosen), which is the same number and stable for large gaps.
+    """
+    _checks.tensor(r_chosen, "r_chosen", floating=True)
+    _checks.tensor(r_rejected, "r_rejected", floating=True)
+    _same_shape(r_chosen=r_chosen, r_rejected=r_rejected)
+    if r_chosen.numel() == 0:
+        raise ValueError("r_chosen and r_rejected are empty: there are no preference pairs")
+    return F.softplus(r_rejected - r_chosen).mean()
+
+
+def pairwise_loss(scores: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum_{i,j} W[i, j] softplus(s_j - s_i): the Bradley-Terry loss of scores ``(..., K)`` under pair
+    weights ``(..., K, K)`` (population or empirical); summed over any leading batch dimensions."""
+    scores = _logp(scores, "scores")
+    _checks.tensor(weights, "weights", floating=True)
+    k = scores.shape[-1]
+    if weights.shape != (*scores.shape, k):
+        raise ValueError(f"weights must have shape {(*scores.shape, k)} for scores of shape {tuple(scores.shape)}, "
+                         f"got {tuple(weights.shape)}")
+    return (weights * F.softplus(scores[..., None, :] - scores[..., :, None])).sum()
+
+
+def implicit_reward(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor:
+    """DPO's implicit reward beta (log pi - log pi_ref), eq. (align-implicit)."""
+    beta = _beta(beta)
+    _checks.tensor(logp, "logp", floating=True)
+    _checks.tensor(ref_logp, "ref_logp", floating=True)
+    _same_shape(logp=logp, ref_logp=ref_logp)
+    return beta * (logp - ref_logp)
+
+
+def dpo_loss(logp_chosen: torch.Tensor, logp_rejected: torch.Tensor, ref_logp_chosen: torch.Tensor,
+             ref_logp_rejected: torch.Tensor, beta: float) -> torch.Tensor:
+    """The DPO loss, eq. (align-dpo): the Bradley-Terry loss of the implicit rewards of each pair.
+
+    All four tensors hold one log-probability per pair (a sequence's summed token log-probabilities
+    for a language model), shape ``(n,)``.
+    """
+    beta = _beta(beta)
+    _same_shape(logp_chosen=logp_chosen, logp_rejected=logp_rejected,
+                ref_logp_chosen=ref_logp_chosen, ref_logp_rejected=ref_logp_rejected)
+    return bradley_terry_loss(implicit_reward(logp_chosen, ref_logp_chosen, beta),
+                              implicit_reward(logp_rejected, ref_logp_rejected, beta))
+
+
+def pairwise_dpo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, weights: torch.Tensor, beta: float) -> torch.Tensor:
+    """DPO on pair weights ``(..., K, K)``: with :func:`preference_weights` it is the population loss
+    (align-dpo-pop), with :func:`preference_counts` the loss of a sampled data set."""
+    return pairwise_loss(implicit_reward(logp, ref_logp, beta), weights)
+
+
+# --------------------------------------------------------------------------- policy gradients
+
+def kl_regularised_advantages(reward: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor,
+                              beta: float) -> torch.Tensor:
+    """Per-sample advantages r - beta log(pi / pi_ref) minus their batch mean, eq. (align-pg), detached.
+
+    All inputs are per sampled response, shape ``(n,)`` or ``(..., n)``; the baseline is the mean over
+    the last dimension (the batch), which leaves the expected gradient unchanged up to a factor 1 - 1/n.
+    """
+    beta = _beta(beta)
+    _checks.tensor(reward, "reward", floating=True)
+    _same_shape(reward=reward, logp=_checks.tensor(logp, "logp", floating=True),
+                ref_logp=_checks.tensor(ref_logp, "ref_logp", floating=True))
+    if reward.ndim == 0 or reward.shape[-1] < 2:
+        raise ValueError("the baseline needs a batch of at least 2 samples in the last dimension")
+    shaped = (reward - beta * (logp - ref_logp)).detach()
+    return shaped - shaped.mean(-1, keepdim=True)
+
+
+def policy_gradient_loss(logp: torch.Tensor, advantages: torch.Tensor, logp_old: torch.Tensor | None = None,
+                         clip: float | None = None) -> torch.Tensor:
+    """REINFORCE, eq. (align-reinforce), or the PPO clipped surrogate, eq. (align-ppo), to *minimise*.
+
+    ``logp``: the current policy's log-probabilities of the sampled responses (with gradient);
+    ``advantages``: their (detached) advantages. With ``clip`` and ``logp_old`` (the sampling policy's
+    log-probabilities) the loss is -mean(min(rho A, clip(rho, 1 - eps, 1 + eps) A)), rho = pi / pi_old.
+    """
+    _checks.tensor(logp, "logp", floating=True)
+    _same_shape(logp=logp, advantages=_checks.tensor(advantages, "advantages", floating=True))
+    advantages = advantages.detach()
+    if clip is None:
+        if logp_old is not None:
+            raise ValueError("logp_old is only used with clip; pass clip=0.2 (say) for the PPO surrogate")
+        return -(logp * advantages).mean()
+    clip = _checks.real(clip, "clip", positive=True)
+    if logp_old is None:
+        raise ValueError("the clipped surrogate needs logp_old, the sampling policy's log-probabilities")
+    _same_shape(logp=logp, logp_old=_checks.tensor(logp_old, "logp_old", floating=True))
+    ratio = torch.exp(logp - logp_old.detach())
+    return -torch.minimum(ratio * advantages, ratio.clamp(1 - clip, 1 + clip) * advantages).mean()
+
+
+# ------------------------------------------------------------------------------------------ GRPO
+
+def group_advantages(rewards: torch.Tensor, normalise_std: bool = True, eps: float = 1e-6) -> torch.Tensor:
+    """Group-relative advantages, eq. (align-grpo-adv): (r_i - mean) / (std + eps) within each group.
+
+    ``rewards`` has shape ``(..., G)``, one group of G >= 2 responses per row; ``std`` is the sample
+    standard deviation (divisor G - 1). ``normalise_std=False`` keeps r_i - mean.
+    """
+    _checks.tensor(rewards, "rewards", floating=True)
+    if rewards.ndim == 0 or rewards.shape[-1] == 0:
+        raise ValueError(f"rewards must hold groups in the last dimension; got an empty group (shape "
+                         f"{tuple(rewards.shape)})")
+    if rewards.shape[-1] < 2:
+        raise ValueError("a group needs at least 2 responses: one response has no group to be relative to")
+    centred = rewards - rewards.mean(-1, keepdim=True)
+    if not normalise_std:
+        return centred
+    eps = _checks.real(eps, "eps", positive=True)
+    return centred / (rewards.std(-1, keepdim=True) + eps)
+
+
+def grpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, ref_logp: torch.Tensor, rewards: torch.Tensor,
+              beta: float, clip: float = 0.2, normalise_std: bool = True) -> torch.Tensor:
+    """The GRPO loss (to minimise), eq. (align-grpo): clipped surrogate with group-relative advantages
+    plus beta times the k3 estimate of KL[pi, pi_ref], eq. (kl-k3), on the sampled responses.
+
+    All tensors have shape ``(..., G)``: per sampled response, the current, the sampling (old) and the
+    reference log-probabilities, and the reward. ``beta = 0`` drops the penalty.
+    """
+    beta = _checks.real(beta, "beta", nonnegative=True)
+    _same_shape(logp=_checks.tensor(logp, "logp", floating=True),
+                logp_old=_checks.tensor(logp_old, "logp_old", floating=True),
+                ref_logp=_checks.tensor(ref_logp, "ref_logp", floating=True),
+                rewards=_checks.tensor(rewards, "rewards", floating=True))
+    adv = group_advantages(rewards, normalise_std)
+    surrogate = policy_gradient_loss(logp, adv, logp_old, clip)
+    return surrogate + beta * k3(ref_logp - logp).mean()                  # log r = log pi_ref - log pi
+
+
+def expected_group_advantage(logp: torch.Tensor, reward: torch.Tensor, group_size: int,
+                             normalise_std: bool = True, eps: float = 1e-6) -> torch.Tensor:
+    """a(y) = E[A_1 | y_1 = y] for a group y_1..y_G ~ pi, eq. (align-grpo-abar), by exact enumeration.
+
+    ``logp`` and ``reward`` have shape ``(K,)``; the other G - 1 responses are summed over all
+    K^(G-1) outcomes, so keep K^(G-1) below a million. Returns ``(K,)``.
+    """
+    logp = _checks.tensor(logp, "logp", ndim=1, floating=True)
+    _same_shape(logp=logp, reward=_checks.tensor(reward, "reward", floating=True))
+    g = _checks.integer(group_size, "group_size", minimum=2)
+    k = logp.shape[0]
+    if k ** (g - 1) > 1_000_000:
+        raise ValueError(f"enumerating K^(G-1) = {k}^{g - 1} groups is too many; use a smaller group")
+    others = torch.tensor(list(itertools.product(range(k), repeat=g - 1)), device=logp.device)  # (M, G-1)
+    weight = logp[others].sum(-1).exp()                                                          # (M,)
+    y = torch.arange(k, device=logp.device)
+    groups = torch.cat([y[:, None, None].expand(k, len(others), 1),
+                        others[None].expand(k, -1, -1)], dim=-1)                                 # (K, M, G)
+    adv = group_advantages(reward[groups], normalise_std, eps)[..., 0]                           # (K, M)
+    return (adv * weight).sum(-1)
+
+
+def population_grpo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, reward: torch.Tensor, beta: float,
+                         group_size: int, normalise_std: bool = True) -> torch.Tensor:
+    """A loss whose gradient is the *expected* on-policy GRPO gradient, eq. (align-grpo-mean):
+    -sum_y pi(y) a(y) (a detached) - beta sum_y pi_ref(y) log pi(y). ``logp``, ``ref_logp``: ``(K,)``."""
+    beta = _checks.real(beta, "beta", nonnegative=True)
+    _same_shape(logp=logp, ref_logp=_checks.tensor(ref_logp, "ref_logp", floating=True))
+    a = expected_group_advantage(logp.detach(), reward, group_size, normalise_std)
+    return -(logp.exp() * a).sum() - beta * (ref_logp.exp() * logp).sum()
+
+
+def grpo_fixed_point_residual(logp: torch.Tensor, ref_logp: torch.Tensor, reward: torch.Tensor, beta: float,
+                              group_size: int, normalise_std: bool = True) -> torch.Tensor:
+    """max_y |pi(y) (1 - a(y) / beta) - pi_ref(y)|: zero exactly at a GRPO fixed point, eq. (align-grpo-fixed)."""
+    beta = _beta(beta)
+    _same_shape(logp=logp, ref_logp=_checks.tensor(ref_logp, "ref_logp", floating=True))
+    a = expected_group_advantage(logp, reward, group_size, normalise_std)
+    return (logp.exp() * (1 - a / beta) - ref_logp.exp()).abs().max()
+
+
+# --------------------------------------------------------------------------------- training helper
+
+def _no_data(batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    return torch.empty(0)
+
+
+def fit(model: nn.Module, loss_fn, *, steps: int, lr: float = 0.05, **train_kwargs) -> list[float]:
+    """Minimise a data-free loss ``loss_fn(model)`` (a population loss, or one whose data sit in the
+    closure) with the book's training loop :func:`mlbook.train.train`; returns the loss per step."""
+    from .train import train
+
+    if not callable(loss_fn):
+        raise TypeError("loss_fn must be callable as loss_fn(model)")
+    train_kwargs.setdefault("show_progress", False)
+    return train(model, lambda m, _batch: loss_fn(m), _no_data, steps=steps, lr=lr, batch_size=1,
+                 **train_kwargs)

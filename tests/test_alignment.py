@@ -1,0 +1,329 @@
+"""mlbook.alignment: the KL-regularised optimum, Bradley-Terry, DPO, policy gradients and GRPO."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mlbook import alignment as al
+from mlbook import kl
+from helpers import gen, t64
+
+REF = torch.log_softmax(t64([0.8, 0.1, -0.3, 0.4]), -1)
+REWARD = t64([0.2, 1.0, -0.5, 0.6])
+
+
+def random_logp(seed, k=4):
+    return torch.log_softmax(torch.randn(k, generator=gen(seed), dtype=torch.float64), -1)
+
+
+def central_difference(f, theta, h=1e-6):
+    """Gradient of the scalar f(theta) by central differences, one coordinate at a time."""
+    grad = torch.zeros_like(theta)
+    for i in range(len(theta)):
+        e = torch.zeros_like(theta)
+        e[i] = h
+        grad[i] = (f(theta + e) - f(theta - e)) / (2 * h)
+    return grad
+
+
+# ------------------------------------------------------------------ the closed-form optimum
+
+@pytest.mark.parametrize("beta", [0.05, 0.5, 3.0])
+def test_optimal_policy_attains_beta_log_z(beta):
+    opt = al.optimal_log_policy(REF, REWARD, beta)
+    value = al.optimal_value(REF, REWARD, beta)
+    assert float(al.objective(opt, REF, REWARD, beta)) == pytest.approx(float(value), abs=1e-12)
+    z = float((REF.exp() * torch.exp(REWARD / beta)).sum())
+    assert float(value) == pytest.approx(beta * math.log(z), rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_objective_is_beta_log_z_minus_beta_kl_to_the_optimum(seed):
+    beta, logp = 0.7, random_logp(seed)
+    opt = al.optimal_log_policy(REF, REWARD, beta)
+    lhs = al.objective(logp, REF, REWARD, beta)
+    rhs = al.optimal_value(REF, REWARD, beta) - beta * al.kl_divergence(logp, opt)
+    assert float(lhs) == pytest.approx(float(rhs), abs=1e-12)
+    assert float(lhs) < float(al.optimal_value(REF, REWARD, beta))
+
+
+def test_optimum_tends_to_reference_and_to_argmax():
+    assert float(al.total_variation(al.optimal_log_policy(REF, REWARD, 1e4), REF)) < 1e-3
+    assert float(al.optimal_log_policy(REF, REWARD, 1e-3).exp()[1]) > 1 - 1e-6
+
+
+def test_kl_and_total_variation_of_known_pairs():
+    p, q = torch.log(t64([0.5, 0.5])), torch.log(t64([0.9, 0.1]))
+    assert float(al.kl_divergence(p, q)) == pytest.approx(0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1))
+    assert float(al.total_variation(p, q)) == pytest.approx(0.4)
+    zero = torch.log(t64([1.0, 0.0]))                          # 0 log 0 = 0
+    assert float(al.kl_divergence(zero, q)) == pytest.approx(-math.log(0.9))
+
+
+# ------------------------------------------------------------------ Bradley-Terry and DPO
+
+def test_bradley_terry_loss_by_hand():
+    loss = al.bradley_terry_loss(t64([1.0, 0.0]), t64([0.0, 2.0]))
+    by_hand = (math.log(1 + math.exp(-1.0)) + math.log(1 + math.exp(2.0))) / 2
+    assert float(loss) == pytest.approx(by_hand, rel=1e-14)
+
+
+def test_bradley_terry_loss_is_stable_for_large_gaps():
+    assert float(al.bradley_terry_loss(t64([1000.0]), t64([0.0]))) == 0.0
+    assert float(al.bradley_terry_loss(t64([0.0]), t64([1000.0]))) == pytest.approx(1000.0)
+
+
+def test_dpo_loss_by_hand():
+    # one pair: log-ratio -1.2 - (-1.5) = 0.3 for the chosen, -2.0 - (-1.0) = -1.0 for the rejected;
+    # margin 0.1 * 1.3 = 0.13 and loss log(1 + e^-0.13) = log(1.878095) = 0.630258
+    loss = al.dpo_loss(t64([-1.2]), t64([-2.0]), t64([-1.5]), t64([-1.0]), beta=0.1)
+    margin = 0.1 * ((-1.2 + 1.5) - (-2.0 + 1.0))                    # 0.13
+    assert float(loss) == pytest.approx(-math.log(1 / (1 + math.exp(-margin))), rel=1e-14)
+    assert float(loss) == pytest.approx(0.630258, abs=1e-6)
+
+
+def test_dpo_loss_matches_the_logsigmoid_form():
+    g = gen(2)
+    pc, pr, rc, rr = (torch.randn(50, generator=g, dtype=torch.float64) * 3 for _ in range(4))
+    logits = (pc - pr) - (rc - rr)
+    trl_form = -F.logsigmoid(0.25 * logits).mean()
+    assert float(al.dpo_loss(pc, pr, rc, rr, 0.25)) == pytest.approx(float(trl_form), abs=1e-12)
+
+
+def test_pairwise_dpo_loss_on_counts_equals_the_sample_loss():
+    chosen, rejected = al.sample_preferences(REF, REWARD, 500, generator=gen(3))
+    logp, beta = random_logp(4), 0.3
+    sample = al.dpo_loss(logp[chosen], logp[rejected], REF[chosen], REF[rejected], beta)
+    pairwise = al.pairwise_dpo_loss(logp, REF, al.preference_counts(chosen, rejected, 4), beta)
+    assert float(pairwise) == pytest.approx(float(sample), rel=1e-12)
+
+
+def test_sampled_preferences_follow_the_population_weights():
+    chosen, rejected = al.sample_preferences(REF, REWARD, 200_000, generator=gen(5))
+    counts = al.preference_counts(chosen, rejected, 4)
+    weights = al.preference_weights(REF, REWARD)
+    assert float(weights.sum()) == pytest.approx(1.0)
+    assert float((counts - weights).abs().max()) < 4 * math.sqrt(0.25 / 200_000) * 2
+
+
+def test_population_dpo_loss_is_stationary_exactly_at_the_optimum():
+    beta = 0.4
+    weights = al.preference_weights(REF, REWARD)
+    for logits, stationary in [(al.optimal_log_policy(REF, REWARD, beta), True), (random_logp(6), False)]:
+        theta = logits.clone().requires_grad_(True)
+        loss = al.pairwise_dpo_loss(torch.log_softmax(theta, -1), REF, weights, beta)
+        (grad,) = torch.autograd.grad(loss, theta)
+        assert (float(grad.abs().max()) < 1e-12) == stationary
+
+
+def test_dpo_gradient_needs_no_partition_function():
+    """Autograd, finite differences and beta sum W_ij sigma(h_j - h_i) (e_j - e_i) agree."""
+    beta, weights = 0.5, al.preference_weights(REF, REWARD)
+    theta = torch.randn(4, generator=gen(7), dtype=torch.float64)
+
+    def loss(t):
+        return al.pairwise_dpo_loss(torch.log_softmax(t, -1), REF, weights, beta)
+
+    t = theta.clone().requires_grad_(True)
+    (auto,) = torch.autograd.grad(loss(t), t)
+    fd = central_difference(lambda u: float(loss(u)), theta)
+    h = al.implicit_reward(torch.log_softmax(theta, -1), REF, beta)
+    eye = torch.eye(4, dtype=torch.float64)
+    closed = sum(weights[i, j] * torch.sigmoid(h[j] - h[i]) * (eye[j] - eye[i])
+                 for i in range(4) for j in range(4)) * beta
+    np.testing.assert_allclose(auto.numpy(), fd.numpy(), atol=1e-8)
+    np.testing.assert_allclose(auto.numpy(), closed.numpy(), atol=1e-12)
+
+
+# ------------------------------------------------------------------ policy gradients
+
+def _expected_surrogate_gradient(theta, beta, clip=None):
+    """Gradient of the surrogate loss averaged exactly over y ~ pi (every response, weight pi(y))."""
+    t = theta.clone().requires_grad_(True)
+    logp = torch.log_softmax(t, -1)
+    y = torch.arange(4)
+    adv = al.kl_regularised_advantages(REWARD[y], logp[y], REF[y], beta)
+    weight = logp.detach().exp()
+    if clip is None:
+        per = [al.policy_gradient_loss(logp[i:i + 1], adv[i:i + 1]) for i in y]
+    else:
+        per = [al.policy_gradient_loss(logp[i:i + 1], adv[i:i + 1], logp[i:i + 1].detach(), clip) for i in y]
+    (grad,) = torch.autograd.grad(sum(w * p for w, p in zip(weight, per)), t)
+    return grad
+
+
+@pytest.mark.parametrize("clip", [None, 0.2])
+def test_expected_policy_gradient_matches_finite_differences_of_the_objective(clip):
+    beta = 0.3
+    theta = torch.randn(4, generator=gen(8), dtype=torch.float64)
+    fd = central_difference(lambda u: float(al.objective(torch.log_softmax(u, -1), REF, REWARD, beta)), theta)
+    np.testing.assert_allclose(-_expected_surrogate_gradient(theta, beta, clip).numpy(), fd.numpy(), atol=1e-8)
+
+
+def test_kl_shaped_advantages_vanish_at_the_optimum():
+    beta = 0.3
+    opt = al.optimal_log_policy(REF, REWARD, beta)
+    y = torch.tensor([0, 1, 1, 3, 2])
+    adv = al.kl_regularised_advantages(REWARD[y], opt[y], REF[y], beta)
+    assert float(adv.abs().max()) < 1e-12
+
+
+def test_clipped_surrogate_stops_the_gradient_outside_the_trust_region():
+    logp = t64([math.log(0.5)]).requires_grad_(True)
+    old = t64([math.log(0.3)])                                       # ratio 5/3 > 1.2
+    loss = al.policy_gradient_loss(logp, t64([1.0]), old, clip=0.2)
+    (grad,) = torch.autograd.grad(loss, logp)
+    assert float(loss.detach()) == pytest.approx(-1.2) and float(grad) == 0.0
+
+
+# ------------------------------------------------------------------ GRPO
+
+def test_group_advantages_by_hand():
+    r = t64([[1.0, 0.0, 0.0, 1.0], [2.0, 2.0, 2.0, 2.0]])
+    np.testing.assert_allclose(al.group_advantages(r, normalise_std=False).numpy(),
+                               [[0.5, -0.5, -0.5, 0.5], [0, 0, 0, 0]])
+    std = math.sqrt(1 / 3)                                          # sample std of (1, 0, 0, 1)
+    np.testing.assert_allclose(al.group_advantages(r, eps=1e-12).numpy()[0], np.array([0.5, -0.5, -0.5, 0.5]) / std)
+    assert float(al.group_advantages(r).abs()[1].max()) == 0.0     # a tied group teaches nothing
+
+
+def test_std_normalised_advantages_ignore_the_reward_scale():
+    r = torch.randn(3, 5, generator=gen(9), dtype=torch.float64)
+    np.testing.assert_allclose(al.group_advantages(10 * r + 3, eps=1e-12).numpy(),
+                               al.group_advantages(r, eps=1e-12).numpy(), atol=1e-10)
+
+
+def test_expected_group_advantage_without_std_is_a_shrunk_reward():
+    logp, g = random_logp(10), 3
+    a = al.expected_group_advantage(logp, REWARD, g, normalise_std=False)
+    mean = float(al.expected_reward(logp, REWARD))
+    np.testing.assert_allclose(a.numpy(), (1 - 1 / g) * (REWARD - mean).numpy(), atol=1e-12)
+    assert float((logp.exp() * al.expected_group_advantage(logp, REWARD, g)).sum()) == pytest.approx(0, abs=1e-12)
+
+
+@pytest.mark.parametrize("normalise_std", [False, True])
+def test_population_grpo_gradient_is_the_expected_grpo_gradient(normalise_std):
+    """Enumerate all K^G groups: their probability-weighted GRPO loss has the population loss's gradient."""
+    k, g, beta = 3, 3, 0.4
+    ref, reward = REF[:k].log_softmax(-1), REWARD[:k]
+    theta = torch.randn(k, generator=gen(11), dtype=torch.float64)
+    t = theta.clone().requires_grad_(True)
+    logp = torch.log_softmax(t, -1)
+    expected = 0
+    for group in itertools.product(range(k), repeat=g):
+        y = torch.tensor(group)
+        prob = logp.detach()[y].sum().exp()
+        expected = expected + prob * al.grpo_loss(logp[y], logp[y].detach(), ref[y], reward[y], beta,
+                                                  normalise_std=normalise_std)
+    (want,) = torch.autograd.grad(expected, t)
+    t2 = theta.clone().requires_grad_(True)
+    pop = al.population_grpo_loss(torch.log_softmax(t2, -1), ref, reward, beta, g, normalise_std)
+    (got,) = torch.autograd.grad(pop, t2)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-10)
+
+
+def test_k3_penalty_gradient_is_the_forward_kl_gradient():
+    """d/dtheta of E_pi[k3] (pi held fixed in the expectation) = grad KL[pi_ref, pi], checked by finite differences."""
+    theta = torch.randn(4, generator=gen(12), dtype=torch.float64)
+    t = theta.clone().requires_grad_(True)
+    logp = torch.log_softmax(t, -1)
+    pathwise = (logp.detach().exp() * kl.k3(REF - logp)).sum()
+    (got,) = torch.autograd.grad(pathwise, t)
+    fd = central_difference(lambda u: float(al.kl_divergence(REF, torch.log_softmax(u, -1))), theta)
+    np.testing.assert_allclose(got.numpy(), fd.numpy(), atol=1e-8)
+
+
+def test_grpo_fixed_point_residual_is_zero_only_at_the_fixed_point():
+    beta, g = 0.5, 2
+    # Without std and G = 2, a(y) = (r(y) - E_pi r) / 2, so pi_ref = pi (1 - a / beta) can be solved by iteration.
+    logp = REF.clone()
+    for _ in range(2000):
+        a = al.expected_group_advantage(logp, REWARD, g, normalise_std=False)
+        logp = torch.log_softmax(0.5 * logp + 0.5 * (REF - torch.log1p(-a / beta)), -1)
+    assert float(al.grpo_fixed_point_residual(logp, REF, REWARD, beta, g, normalise_std=False)) < 1e-10
+    assert float(al.grpo_fixed_point_residual(REF, REF, REWARD, beta, g, normalise_std=False)) > 1e-2
+
+
+# ------------------------------------------------------------------ policies and training
+
+def test_policies_return_normalised_log_probabilities():
+    tab = al.TabularPolicy(torch.zeros(3, 5))
+    assert tab().shape == (3, 5)
+    mlp = al.MLPPolicy(context_dim=2, n_responses=4)
+    out = mlp(torch.randn(7, 2, generator=gen(13)))
+    assert out.shape == (7, 4)
+    np.testing.assert_allclose(out.exp().sum(-1).detach().numpy(), 1.0, rtol=1e-6)
+    assert al.RewardModel(4, context_dim=2)(torch.zeros(3, 2)).shape == (3, 4)
+
+
+def test_fit_recovers_reward_differences_from_population_preferences():
+    model = al.RewardModel(4)
+    al.fit(model, lambda m: al.pairwise_loss(m(), al.preference_weights(REF, REWARD)), steps=400, lr=0.1)
+    learned = model().detach()
+    np.testing.assert_allclose((learned - learned.mean()).numpy(), (REWARD - REWARD.mean()).numpy(), atol=1e-3)
+
+
+def test_sample_responses_shape_and_device():
+    y = al.sample_responses(REF.expand(3, 4), 6, generator=gen(14))
+    assert y.shape == (3, 6) and y.device == REF.device and int(y.max()) < 4
+
+
+# ------------------------------------------------------------------ bad input
+
+@pytest.mark.parametrize("beta", [0.0, -1.0, float("nan")])
+def test_non_positive_beta_is_rejected(beta):
+    with pytest.raises(ValueError, match="beta"):
+        al.optimal_log_policy(REF, REWARD, beta)
+    with pytest.raises(ValueError, match="beta"):
+        al.dpo_loss(t64([0.0]), t64([0.0]), t64([0.0]), t64([0.0]), beta)
+    with pytest.raises(ValueError, match="beta"):
+        al.kl_regularised_advantages(REWARD, REF, REF, beta)
+
+
+def test_mismatched_chosen_and_rejected_shapes_are_rejected():
+    with pytest.raises(ValueError, match="shapes must match"):
+        al.dpo_loss(t64([0.0, 1.0]), t64([0.0]), t64([0.0, 1.0]), t64([0.0, 1.0]), 0.1)
+    with pytest.raises(ValueError, match="shapes must match"):
+        al.bradley_terry_loss(t64([0.0, 1.0]), t64([0.0]))
+    with pytest.raises(ValueError, match="shapes must match"):
+        al.preference_counts(torch.tensor([0, 1]), torch.tensor([1]), 3)
+
+
+def test_empty_preferences_and_groups_are_rejected():
+    with pytest.raises(ValueError, match="empty"):
+        al.bradley_terry_loss(t64([]), t64([]))
+    with pytest.raises(ValueError, match="empty group"):
+        al.group_advantages(torch.zeros(3, 0, dtype=torch.float64))
+    with pytest.raises(ValueError, match="at least 2 responses"):
+        al.group_advantages(torch.zeros(3, 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match="empty group"):
+        al.grpo_loss(*(torch.zeros(2, 0, dtype=torch.float64) for _ in range(4)), beta=0.1)
+
+
+def test_bad_response_indices_and_shapes_are_rejected():
+    with pytest.raises(ValueError, match="0..2"):
+        al.preference_counts(torch.tensor([0, 3]), torch.tensor([1, 1]), 3)
+    with pytest.raises(TypeError, match="integer"):
+        al.preference_counts(t64([0.0]), t64([1.0]), 3)
+    with pytest.raises(ValueError, match="weights must have shape"):
+        al.pairwise_loss(REWARD, torch.zeros(4, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="at least 2 responses"):
+        al.TabularPolicy(torch.zeros(1))
+    with pytest.raises(ValueError, match="last dimension 3"):
+        al.MLPPolicy(3, 4)(torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="too many"):
+        al.expected_group_advantage(torch.zeros(10, dtype=torch.float64).log_softmax(-1),
+                                    torch.zeros(10, dtype=torch.float64), 8)
+
+
+def test_clip_and_logp_old_go_together():
+    with pytest.raises(ValueError, match="needs logp_old"):
+        al.policy_gradient_loss(t64([0.0]), t64([1.0]), clip=0.2)
+    with pytest.raises(ValueError, match="only used with clip"):
+        al.policy_gradient_loss(t64([0.0]), t64([1.0]), logp_old=t64([0.0]))
+    with pytest.raises(ValueError, match="clip"):
+        al.policy_gradient_loss(t64([0.0]), t64([1.0]), t64([0.0]), clip=0.0)
