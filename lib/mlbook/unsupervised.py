@@ -1,0 +1,411 @@
+"""Chapter "Unsupervised learning": k-means, agglomerative clustering and PCA, as fit/predict estimators.
+
+Every estimator takes ``X`` as a tensor, NumPy array or nested list of shape ``(n_samples, n_features)``
+and computes in float64 on ``device`` (``None``: the tensor's own device, or :func:`mlbook.get_device`
+for arrays). Random draws (k-means++) are made on the CPU from the ``generator`` passed in, so a seeded
+run gives the same clustering on every device. Equation labels refer to ``book/unsupervised.md``.
+
+- :class:`KMeans`: Lloyd's algorithm (km-assign, km-update) on a batch of restarts at once, seeded by
+  k-means++ (km-pp) or by centres you pass; scikit-learn's ``KMeans`` is the reference.
+- :func:`linkage` and :class:`AgglomerativeClustering`: greedy merging with the Lance-Williams
+  updates (hc-single ... hc-ward), returning SciPy's linkage matrix; :func:`cut` reads flat clusters off it.
+- :class:`PCA`: principal components by the SVD of the centred data (pca-svd) or the eigenvectors of its
+  covariance (pca-eig); scikit-learn's ``PCA`` is the reference.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+from . import _checks
+from .device import get_device
+
+__all__ = ["squared_distances", "kmeans_plusplus", "KMeans", "LINKAGES", "linkage", "cut",
+           "AgglomerativeClustering", "PCA"]
+
+
+def _as_data(X, name: str = "X", *, n_features: int | None = None, device=None) -> torch.Tensor:
+    """Validate ``X`` with the shared check and place it on the computing device, in float64."""
+    if device is None and not isinstance(X, torch.Tensor):
+        device = get_device()
+    return _checks.features(X, name, n_features=n_features, device=None if device is None else get_device(device))
+
+
+def squared_distances(X: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+    """``D[..., i, j] = ||X[..., i, :] - C[..., j, :]||^2`` for ``X (..., n, d)`` and ``C (..., k, d)``.
+
+    Expands the square, ``|x|^2 - 2 x.c + |c|^2``, so the work is one matrix product (as in
+    scikit-learn); rounding can make a tiny distance negative, hence the clamp at zero.
+    """
+    cross = X @ C.transpose(-1, -2)                                           # (..., n, k)
+    return (X.square().sum(-1, keepdim=True) - 2 * cross
+            + C.square().sum(-1).unsqueeze(-2)).clamp_min_(0.0)
+
+
+# --------------------------------------------------------------------------- k-means
+
+def kmeans_plusplus(X: torch.Tensor, n_clusters: int, *, n_init: int = 1,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """k-means++ seeding (eq. km-pp) for ``n_init`` independent restarts at once.
+
+    The first centre of each restart is a uniformly random row of ``X``; every next one is a row drawn
+    with probability proportional to its squared distance to the nearest centre chosen so far. The
+    uniform numbers are drawn on the CPU from ``generator`` and the draw is an inverse-CDF lookup on
+    ``X``'s device. Returns ``(n_init, n_clusters, n_features)``.
+    """
+    X = _checks.tensor(X, "X", ndim=2, floating=True)
+    n, _ = X.shape
+    k = _checks.integer(n_clusters, "n_clusters", minimum=1)
+    b = _checks.integer(n_init, "n_init", minimum=1)
+    if k > n:
+        raise ValueError(f"n_clusters={k} is larger than the number of points ({n})")
+    u = torch.rand(b, k, generator=generator, dtype=torch.float64).to(X.device)   # (b, k) uniforms
+    first = (u[:, 0] * n).long().clamp_(max=n - 1)                               # (b,)
+    centres = [X[first]]                                                         # list of (b, d)
+    nearest = squared_distances(X, centres[0]).T                                 # (b, n)
+    for j in range(1, k):
+        cdf = nearest.cumsum(1)                                                  # (b, n)
+        total = cdf[:, -1:]
+        target = torch.minimum(u[:, j:j + 1].to(X.dtype) * total, total)         # (b, 1)
+        pick = torch.searchsorted(cdf, target, right=True).squeeze(1).clamp_(max=n - 1)
+        # Chosen points have weight 0; if every weight is 0 (all points duplicates), draw uniformly.
+        pick = torch.where(total.squeeze(1) > 0, pick, (u[:, j] * n).long().clamp_(max=n - 1))
+        c = X[pick]                                                              # (b, d)
+        centres.append(c)
+        nearest = torch.minimum(nearest, squared_distances(X, c).T)
+    return torch.stack(centres, 1)                                               # (b, k, d)
+
+
+def _assign(Xt: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Nearest centre of every point for every restart (eq. km-assign): ``(b, n)`` labels.
+
+    ``Xt`` is the data transposed, ``(d, n)`` (that layout makes the product about twice as fast on
+    the CPU). Minimises ``|c|^2 - 2 c.x`` (the ``|x|^2`` term is the same for every centre), with one
+    matrix product for all restarts together.
+    """
+    b, k, d = centres.shape
+    flat = centres.reshape(b * k, d)
+    scores = torch.addmm(flat.square().sum(1, keepdim=True), flat, Xt, alpha=-2)  # (b*k, n)
+    return scores.view(b, k, -1).argmin(1)                                     # (b, n)
+
+
+def _means(X: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Mean of the points of each cluster (eq. km-update); an empty cluster keeps its centre."""
+    b, k, d = centres.shape
+    onehot = (labels.unsqueeze(1) == torch.arange(k, device=X.device).view(1, k, 1)).to(X.dtype)  # (b, k, n)
+    sums = (onehot.reshape(b * k, -1) @ X).view(b, k, d)                          # a matmul: deterministic on GPU
+    counts = onehot.sum(-1, keepdim=True)                                        # (b, k, 1)
+    return torch.where(counts > 0, sums / counts.clamp_min(1), centres)
+
+
+def _lloyd(X: torch.Tensor, centres: torch.Tensor, max_iter: int, tol: float, history: bool):
+    """Run Lloyd's iterations for a batch of restarts. ``X (n, d)``, ``centres (b, k, d)``.
+
+    Each iteration is the update step (km-update) followed by the assignment step (km-assign); a
+    restart stops when its labels no longer change or its centres move by at most ``tol`` (squared
+    Frobenius norm). Finished restarts are carried along unchanged while others still move.
+    """
+    b = centres.shape[0]
+    Xt = X.T.contiguous()                                                        # (d, n)
+    labels = _assign(Xt, centres)                                                 # (b, n)
+    active = torch.ones(b, dtype=torch.bool, device=X.device)
+    n_iter = torch.zeros(b, dtype=torch.long, device=X.device)
+    trace = [(centres, labels)] if history else None
+    for _ in range(max_iter):
+        new = _means(X, labels, centres)
+        new = torch.where(active.view(b, 1, 1), new, centres)
+        shift = (new - centres).square().sum((1, 2))                             # (b,)
+        new_labels = _assign(Xt, new)
+        n_iter += active.long()
+        changed = (new_labels != labels).any(1)
+        labels = torch.where(active.unsqueeze(1), new_labels, labels)
+        centres, active = new, active & changed & (shift > tol)
+        if history:
+            trace.append((centres, labels))
+        if not bool(active.any()):
+            break
+    inertia = squared_distances(X, centres).gather(-1, labels.unsqueeze(-1)).squeeze(-1).sum(1)  # (b,)
+    return centres, labels, inertia, n_iter, trace
+
+
+class KMeans:
+    """k-means clustering: minimise the inertia (km-inertia) by Lloyd's coordinate descent.
+
+    Args:
+        n_clusters: number of clusters ``k``.
+        init: ``"k-means++"`` (eq. km-pp) or an array of starting centres, ``(k, d)`` for one run or
+            ``(n_init, k, d)`` for a batch; passing scikit-learn the same ``(k, d)`` array gives the same run.
+        n_init: restarts run together as one batch (ignored when ``init`` is an array); the one with the
+            lowest inertia is kept.
+        max_iter: iteration limit per restart.
+        tol: stop a restart once its centres move by at most ``tol`` in squared norm (``0``: only when
+            the labels stop changing).
+        generator: CPU ``torch.Generator`` for k-means++ (e.g. from :func:`mlbook.seed_all`).
+        device: where to compute (default: ``X``'s device for tensors, :func:`mlbook.get_device` otherwise).
+        keep_history: store every iteration's centres and labels of the kept restart in ``history_``.
+
+    Attributes after ``fit``: ``cluster_centers_ (k, d)``, ``labels_ (n,)``, ``inertia_``, ``n_iter_``,
+    ``n_features_in_``, ``history_`` (list of ``(centres, labels)``, or ``None``).
+    """
+
+    def __init__(self, n_clusters: int = 8, *, init="k-means++", n_init: int = 1, max_iter: int = 300,
+                 tol: float = 0.0, generator: torch.Generator | None = None, device=None,
+                 keep_history: bool = False):
+        self.n_clusters = _checks.integer(n_clusters, "n_clusters", minimum=1)
+        if isinstance(init, str):
+            _checks.choice(init, "init", ["k-means++"])
+        self.init = init
+        self.n_init = _checks.integer(n_init, "n_init", minimum=1)
+        self.max_iter = _checks.integer(max_iter, "max_iter", minimum=1)
+        self.tol = _checks.real(tol, "tol", nonnegative=True)
+        self.generator, self.device, self.keep_history = generator, device, bool(keep_history)
+        self.cluster_centers_ = self.labels_ = self.inertia_ = self.n_iter_ = None
+        self.n_features_in_ = self.history_ = None
+
+    def _initial_centres(self, X: torch.Tensor) -> torch.Tensor:
+        n, d = X.shape
+        if self.n_clusters > n:
+            raise ValueError(f"n_clusters={self.n_clusters} is larger than the number of points ({n})")
+        if isinstance(self.init, str):
+            return kmeans_plusplus(X, self.n_clusters, n_init=self.n_init, generator=self.generator)
+        C = torch.as_tensor(self.init, dtype=X.dtype).to(X.device)
+        C = C.unsqueeze(0) if C.ndim == 2 else C
+        if C.ndim != 3 or C.shape[1:] != (self.n_clusters, d):
+            raise ValueError(f"init must have shape ({self.n_clusters}, {d}) or (n_init, {self.n_clusters}, {d}) "
+                             f"for n_clusters={self.n_clusters} and {d} features, got {tuple(C.shape)}")
+        if not bool(torch.isfinite(C).all()):
+            raise ValueError("init contains NaN or infinite values")
+        return C
+
+    def fit(self, X, y=None) -> "KMeans":
+        X = _as_data(X, device=self.device)
+        C0 = self._initial_centres(X)                                            # (b, k, d)
+        centres, labels, inertia, n_iter, trace = _lloyd(X, C0, self.max_iter, self.tol, self.keep_history)
+        best = int(inertia.argmin())
+        self.cluster_centers_, self.labels_ = centres[best], labels[best]
+        self.inertia_, self.n_iter_ = float(inertia[best]), int(n_iter[best])
+        self.n_features_in_ = X.shape[1]
+        self.history_ = [(c[best], l[best]) for c, l in trace] if trace is not None else None
+        return self
+
+    def predict(self, X) -> torch.Tensor:
+        """Index of the nearest centre for each row (eq. km-assign)."""
+        _checks.fitted(self, "cluster_centers_")
+        X = _as_data(X, n_features=self.n_features_in_, device=self.cluster_centers_.device)
+        return squared_distances(X, self.cluster_centers_).argmin(-1)
+
+    def fit_predict(self, X, y=None) -> torch.Tensor:
+        return self.fit(X).labels_
+
+    def transform(self, X) -> torch.Tensor:
+        """Euclidean distance from each row to each centre, ``(n, k)``."""
+        _checks.fitted(self, "cluster_centers_")
+        X = _as_data(X, n_features=self.n_features_in_, device=self.cluster_centers_.device)
+        return squared_distances(X, self.cluster_centers_).sqrt()
+
+    def score(self, X, y=None) -> float:
+        """Minus the inertia of ``X`` under the fitted centres (higher is better, as in scikit-learn)."""
+        return -float(self.transform(X).min(-1).values.square().sum())
+
+
+# --------------------------------------------------------------------------- hierarchical clustering
+
+LINKAGES = ("single", "complete", "average", "ward")
+
+
+def _lance_williams(method: str, d_ki, d_kj, d_ij, n_i, n_j, n_k):
+    """Distance from cluster k to the union of i and j (eqs. hc-single, hc-complete, hc-average, hc-ward)."""
+    if method == "single":
+        return torch.minimum(d_ki, d_kj)
+    if method == "complete":
+        return torch.maximum(d_ki, d_kj)
+    if method == "average":
+        return (n_i * d_ki + n_j * d_kj) / (n_i + n_j)
+    total = n_i + n_j + n_k                                                      # ward
+    sq = ((n_i + n_k) * d_ki.square() + (n_j + n_k) * d_kj.square() - n_k * d_ij * d_ij) / total
+    return sq.clamp_min(0).sqrt()
+
+
+def linkage(X, method: str = "ward", *, device=None) -> torch.Tensor:
+    """Agglomerative clustering of the rows of ``X``; returns SciPy's ``(n - 1, 4)`` linkage matrix.
+
+    Starts from the Euclidean distances between points and repeatedly merges the closest pair of
+    clusters, updating distances to the merged cluster by the Lance-Williams formula of ``method``
+    (``"single"``, ``"complete"``, ``"average"`` or ``"ward"``; eqs. hc-single to hc-ward). Row ``t``
+    of the result is ``[a, b, height, size]``: clusters ``a < b`` merged at ``height`` into a cluster of
+    ``size`` points that gets id ``n + t`` (points are ids ``0 .. n-1``), the layout of
+    ``scipy.cluster.hierarchy.linkage``. Cost: ``O(n^2)`` memory, ``O(n^3)`` time (fine up to a few
+    thousand points). Ties are broken towards the lowest pair of current positions.
+    """
+    method = _checks.choice(method, "method", LINKAGES)
+    X = _as_data(X, device=device)
+    n = X.shape[0]
+    if n < 2:
+        raise ValueError(f"linkage needs at least 2 points, got {n}")
+    D = squared_distances(X, X).sqrt_()                                          # (n, n)
+    D.fill_diagonal_(math.inf)
+    ids = list(range(n))                                    # ids[p]: scipy id of the cluster at position p
+    size = torch.ones(n, dtype=X.dtype, device=X.device)
+    Z = torch.empty(n - 1, 4, dtype=torch.float64)
+    for t in range(n - 1):
+        flat = int(D.argmin())
+        i, j = divmod(flat, n)
+        i, j = min(i, j), max(i, j)
+        d_ij = D[i, j].clone()
+        a, b = sorted((ids[i], ids[j]))
+        Z[t] = torch.tensor([a, b, float(d_ij), float(size[i] + size[j])], dtype=torch.float64)
+        new = _lance_williams(method, D[i], D[j], d_ij, size[i], size[j], size)  # (n,) to every k
+        D[i], D[:, i] = new, new
+        D[i, i] = math.inf
+        D[j], D[:, j] = math.inf, math.inf
+        size[i] += size[j]
+        ids[i], ids[j] = n + t, -1
+    return Z
+
+
+def cut(Z, n_clusters: int) -> torch.Tensor:
+    """Flat cluster labels ``0 .. n_clusters-1`` from a linkage matrix: undo its last ``n_clusters - 1`` merges.
+
+    This is cutting the dendrogram at a height between the ``(n - n_clusters)``-th and the next merge.
+    Labels are numbered in order of each cluster's first point, so the result does not depend on ids.
+    """
+    Z = torch.as_tensor(Z, dtype=torch.float64).cpu()
+    if Z.ndim != 2 or Z.shape[1] != 4:
+        raise ValueError(f"Z must be a linkage matrix of shape (n - 1, 4), got {tuple(Z.shape)}")
+    n = Z.shape[0] + 1
+    k = _checks.integer(n_clusters, "n_clusters", minimum=1)
+    if k > n:
+        raise ValueError(f"n_clusters={k} is larger than the number of points ({n})")
+    parent = list(range(2 * n - 1))
+
+    def root(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for t in range(n - k):
+        a, b = int(Z[t, 0]), int(Z[t, 1])
+        parent[root(a)] = parent[root(b)] = n + t
+    roots = [root(p) for p in range(n)]
+    number: dict[int, int] = {}
+    return torch.tensor([number.setdefault(r, len(number)) for r in roots], dtype=torch.long)
+
+
+class AgglomerativeClustering:
+    """Hierarchical agglomerative clustering, cut into ``n_clusters`` flat clusters.
+
+    Args:
+        n_clusters: clusters to return in ``labels_`` (the full tree is kept in ``linkage_matrix_``).
+        linkage: ``"single"``, ``"complete"``, ``"average"`` or ``"ward"``.
+        device: where to compute (see :class:`KMeans`).
+
+    Attributes after ``fit``: ``labels_ (n,)``, ``linkage_matrix_ (n - 1, 4)`` in SciPy's layout,
+    ``n_features_in_``.
+    """
+
+    def __init__(self, n_clusters: int = 2, *, linkage: str = "ward", device=None):
+        self.n_clusters = _checks.integer(n_clusters, "n_clusters", minimum=1)
+        self.linkage = _checks.choice(linkage, "linkage", LINKAGES)
+        self.device = device
+        self.labels_ = self.linkage_matrix_ = self.n_features_in_ = None
+
+    def fit(self, X, y=None) -> "AgglomerativeClustering":
+        X = _as_data(X, device=self.device)
+        if self.n_clusters > X.shape[0]:
+            raise ValueError(f"n_clusters={self.n_clusters} is larger than the number of points ({X.shape[0]})")
+        self.linkage_matrix_ = linkage(X, self.linkage)
+        self.labels_ = cut(self.linkage_matrix_, self.n_clusters).to(X.device)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def fit_predict(self, X, y=None) -> torch.Tensor:
+        return self.fit(X).labels_
+
+
+# --------------------------------------------------------------------------- PCA
+
+class PCA:
+    """Principal component analysis (eqs. pca-maxvar, pca-svd): project onto the top right-singular vectors.
+
+    Args:
+        n_components: an integer ``1 .. min(n_samples, n_features)``; a float in ``(0, 1)``, the smallest
+            number of components whose explained-variance ratios sum to at least it; or ``None`` for all.
+        solver: ``"svd"`` (SVD of the centred data, eq. pca-svd) or ``"eigh"`` (eigenvectors of the
+            covariance matrix, eq. pca-eig: faster when there are many more rows than columns).
+        device: where to compute (see :class:`KMeans`).
+
+    Signs follow scikit-learn's convention: in each component the entry of largest magnitude is positive.
+    Attributes after ``fit``: ``components_ (m, d)``, ``explained_variance_ (m,)``,
+    ``explained_variance_ratio_ (m,)``, ``singular_values_ (m,)``, ``mean_ (d,)``, ``n_components_``,
+    ``n_features_in_``.
+    """
+
+    def __init__(self, n_components=None, *, solver: str = "svd", device=None):
+        if n_components is not None:
+            if isinstance(n_components, bool) or not isinstance(n_components, numbers.Real):
+                raise TypeError(f"n_components must be an integer, a float in (0, 1) or None, got {n_components!r}")
+            if isinstance(n_components, numbers.Integral):
+                n_components = _checks.integer(n_components, "n_components", minimum=1)
+            elif not 0.0 < float(n_components) < 1.0:
+                raise ValueError(f"a fractional n_components must lie in (0, 1), got {n_components}")
+        self.n_components = n_components
+        self.solver = _checks.choice(solver, "solver", ["svd", "eigh"])
+        self.device = device
+        self.components_ = self.explained_variance_ = self.explained_variance_ratio_ = None
+        self.singular_values_ = self.mean_ = self.n_components_ = self.n_features_in_ = None
+
+    def fit(self, X, y=None) -> "PCA":
+        X = _as_data(X, device=self.device)
+        n, d = X.shape
+        if n < 2:
+            raise ValueError(f"PCA needs at least 2 samples to estimate a variance, got {n}")
+        limit = min(n, d)
+        if isinstance(self.n_components, int) and self.n_components > limit:
+            raise ValueError(f"n_components={self.n_components} is larger than min(n_samples, n_features) = {limit}")
+        mean = X.mean(0)
+        Xc = X - mean                                                            # (n, d)
+        if self.solver == "svd":
+            _, S, Vt = torch.linalg.svd(Xc, full_matrices=False)                 # S (r,), Vt (r, d)
+            variance = S.square() / (n - 1)
+        else:
+            evals, evecs = torch.linalg.eigh(Xc.T @ Xc / (n - 1))                # ascending
+            variance = evals.flip(0)[:limit].clamp_min(0)
+            Vt = evecs.flip(1).T[:limit]
+            S = (variance * (n - 1)).sqrt()
+        # Sign convention: largest-magnitude entry of each component positive.
+        rows = torch.arange(Vt.shape[0], device=Vt.device)
+        signs = torch.sign(Vt[rows, Vt.abs().argmax(1)])
+        Vt = Vt * torch.where(signs == 0, 1.0, signs).unsqueeze(1)
+        ratio = variance / variance.sum()
+        m = self._count(ratio, limit)
+        self.components_, self.explained_variance_ = Vt[:m], variance[:m]
+        self.explained_variance_ratio_, self.singular_values_ = ratio[:m], S[:m]
+        self.mean_, self.n_components_, self.n_features_in_ = mean, m, d
+        return self
+
+    def _count(self, ratio: torch.Tensor, limit: int) -> int:
+        if self.n_components is None:
+            return limit
+        if isinstance(self.n_components, int):
+            return self.n_components
+        cumulative = ratio.cumsum(0)
+        return min(int((cumulative < self.n_components).sum()) + 1, limit)
+
+    def transform(self, X) -> torch.Tensor:
+        """Coordinates ``z = V^T (x - mean)`` of each row on the components (eq. pca-project), ``(n, m)``."""
+        _checks.fitted(self, "components_")
+        X = _as_data(X, n_features=self.n_features_in_, device=self.mean_.device)
+        return (X - self.mean_) @ self.components_.T
+
+    def fit_transform(self, X, y=None) -> torch.Tensor:
+        return self.fit(X).transform(X)
+
+    def inverse_transform(self, Z) -> torch.Tensor:
+        """Reconstruction ``mean + V z`` (eq. pca-reconstruct) from ``(n, m)`` coordinates."""
+        _checks.fitted(self, "components_")
+        Z = _as_data(Z, "Z", n_features=self.n_components_, device=self.mean_.device)
+        return Z @ self.components_ + self.mean_
