@@ -193,3 +193,38 @@ def test_noise_floor_rejects_bad_arguments():
         metrics.noise_floor("mmd", sample, 10)
     with pytest.raises(TypeError, match="must be callables"):
         metrics.noise_floor(metrics.mmd, torch.zeros(10, 2), 10)
+
+
+def test_wasserstein1_to_cdf_of_a_point_mass_and_a_shift():
+    from mlbook.data import GaussianMixture
+
+    mix = GaussianMixture(means=[[0.0]], stds=1.0)
+    # A point mass at 0 against N(0, 1): W1 = E|Z| = sqrt(2 / pi).
+    w = metrics.wasserstein1_to_cdf(torch.zeros(10, 1, dtype=torch.float64), mix.cdf, support=(-8, 8))
+    assert abs(w - math.sqrt(2 / math.pi)) < 1e-4
+    # A large sample of N(0.3, 1) against N(0, 1): W1 = 0.3 up to sampling noise.
+    x = torch.randn(200_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 0.3
+    assert abs(metrics.wasserstein1_to_cdf(x, mix.cdf, support=(-8, 8)) - 0.3) < 0.01
+
+
+def test_wasserstein1_to_cdf_rejects_bad_input():
+    from mlbook.data import GaussianMixture
+
+    cdf = GaussianMixture(means=[[0.0]]).cdf
+    with pytest.raises(ValueError, match="shape"):
+        metrics.wasserstein1_to_cdf(torch.zeros(5, 2), cdf, support=(-1, 1))
+    with pytest.raises(ValueError, match="lo < hi"):
+        metrics.wasserstein1_to_cdf(torch.zeros(5), cdf, support=(1, -1))
+
+
+def test_mixture_cdf_matches_scipy_and_needs_one_dimension():
+    from scipy import stats
+
+    from mlbook.data import GaussianMixture
+
+    mix = GaussianMixture(means=[[-1.0], [2.0]], stds=[0.5, 1.5], weights=[0.3, 0.7])
+    z = torch.linspace(-4, 6, 11, dtype=torch.float64)
+    want = 0.3 * stats.norm.cdf(z, -1, 0.5) + 0.7 * stats.norm.cdf(z, 2, 1.5)
+    assert torch.allclose(mix.cdf(z), torch.as_tensor(want), atol=1e-12)
+    with pytest.raises(ValueError, match="1-D mixture"):
+        GaussianMixture(means=[[0.0, 0.0]]).cdf(z)

@@ -93,6 +93,17 @@ class GaussianMixture(ToyDistribution):
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         return torch.logsumexp(self.component_log_probs(x), dim=1)
 
+    def cdf(self, x: torch.Tensor) -> torch.Tensor:
+        """The cumulative distribution function of a 1-D mixture, sum_k w_k Phi((x - m_k) / s_k); x of shape (n,) or (n, 1)."""
+        if self.dim != 1:
+            raise ValueError(f"cdf needs a 1-D mixture, this one has dim {self.dim}")
+        _checks.tensor(x, "x", ndim=(1, 2), floating=True)
+        if x.ndim == 2 and x.shape[1] != 1:
+            raise ValueError(f"x must have shape (n,) or (n, 1), got {tuple(x.shape)}")
+        x = x.reshape(-1, 1)
+        means, stds, w = (t.to(x.device, x.dtype) for t in (self.means[:, 0], self.stds, self.weights))
+        return (w * 0.5 * (1 + torch.erf((x - means) / (stds * math.sqrt(2))))).sum(1)
+
     def subset(self, components) -> "GaussianMixture":
         """The mixture of the given components only, weights renormalised (e.g. one class's density)."""
         idx = torch.as_tensor(components, dtype=torch.long)

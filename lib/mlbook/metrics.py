@@ -14,7 +14,7 @@ import torch
 
 from . import _checks
 
-__all__ = ["mmd", "sliced_wasserstein", "noise_floor"]
+__all__ = ["mmd", "sliced_wasserstein", "wasserstein1_to_cdf", "noise_floor"]
 
 DEFAULT_BANDWIDTHS = (0.1, 0.2, 0.5, 1.0, 2.0)
 
@@ -75,6 +75,29 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, *, n_projections: int =
     levels = (torch.arange(m, dtype=torch.float64, device=x.device) + 0.5) / m
     gap = _quantiles(x @ theta, levels) - _quantiles(y @ theta, levels)     # (m, P)
     return float(gap.abs().pow(p).mean().pow(1.0 / p))
+
+
+def wasserstein1_to_cdf(x: torch.Tensor, cdf: Callable[[torch.Tensor], torch.Tensor], *,
+                        support: tuple[float, float], n_grid: int = 20001) -> float:
+    r"""W1 between a 1-D sample ``x`` (n,) or (n, 1) and a distribution given by its CDF.
+
+    In one dimension :math:`W_1(\mu, \nu) = \int |F_\mu(z) - F_\nu(z)|\, dz`; here :math:`F_\mu` is the
+    empirical CDF of ``x`` and the integral is a trapezoid sum on ``n_grid`` points covering
+    ``support`` and the sample. ``support`` must hold all but a negligible part of the distribution.
+    Needs no second sample, so its noise floor is that of one sample of size n (``noise_floor``).
+    """
+    _checks.tensor(x, "x", ndim=(1, 2), floating=True, min_rows=1)
+    if x.ndim == 2 and x.shape[1] != 1:
+        raise ValueError(f"x must have shape (n,) or (n, 1), got {tuple(x.shape)}")
+    lo, hi = (_checks.real(v, "support") for v in support)
+    if not lo < hi:
+        raise ValueError(f"support must be (lo, hi) with lo < hi, got {support}")
+    n_grid = _checks.integer(n_grid, "n_grid", minimum=2)
+    x = x.detach().reshape(-1).double().cpu().sort().values
+    grid = torch.linspace(min(lo, float(x[0])), max(hi, float(x[-1])), n_grid, dtype=torch.float64)
+    empirical = torch.searchsorted(x, grid, right=True).double() / len(x)
+    gap = (empirical - cdf(grid).double().cpu().reshape(-1)).abs()
+    return float(torch.trapezoid(gap, grid))
 
 
 def noise_floor(metric: Callable[[torch.Tensor, torch.Tensor], float],
