@@ -105,6 +105,12 @@ def test_two_points_soft_margin_caps_alpha_at_C():
     model = svm.SVC(C=0.1, kernel="linear").fit(*TWO_POINTS)
     assert model.alpha_.tolist() == [0.1, 0.1]
     torch.testing.assert_close(model.coef_, t64([0.2, 0.2]))
+    # no free vector: b is the midpoint of the optimal interval [-1, 1 - 8C] (exercise svm-ex-two-soft)
+    assert model.intercept_ == pytest.approx(-0.4, abs=1e-15)
+    w = model.coef_
+    for b in [-1.0, -0.4, 0.2]:                                             # the primal is flat in b there
+        assert float(svm.primal_objective(w, b, t64(TWO_POINTS[0]), t64([-1.0, 1.0]), C=0.1)) == pytest.approx(
+            0.5 * 0.08 + 0.1 * (2 - 0.8))
 
 
 # ---------------------------------------------------------------------------------------- SMO

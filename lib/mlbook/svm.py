@@ -360,12 +360,17 @@ class SVC(_BinaryClassifier):
         self.coef_ = self.dual_coef_ @ self.support_vectors_ if self.kernel == "linear" else None
         return self
 
+    def gram(self, X, Z) -> torch.Tensor:
+        """Gram matrix ``k(X[i], Z[j])`` of the fitted kernel (gamma resolved by ``fit``)."""
+        _checks.fitted(self, "support_vectors_")
+        d, dev = self.support_vectors_.shape[1], self.support_vectors_.device
+        X = _checks.features(X, n_features=d, device=dev)
+        Z = _checks.features(Z, "Z", n_features=d, device=dev)
+        return kernel_matrix(self.kernel, X, Z, **self._params())
+
     def decision_function(self, X) -> torch.Tensor:
         """f(x) = sum_{i in SV} alpha_i y_i k(x_i, x) + b, eq. (svm-decision)."""
-        _checks.fitted(self, "support_vectors_")
-        X = _checks.features(X, n_features=self.support_vectors_.shape[1], device=self.support_vectors_.device)
-        return kernel_matrix(self.kernel, X, self.support_vectors_, **self._params()) @ self.dual_coef_ \
-            + self.intercept_
+        return self.gram(X, self.support_vectors_) @ self.dual_coef_ + self.intercept_
 
 
 # ------------------------------------------------------------------------------------------- data
