@@ -127,7 +127,8 @@ class RandomForestClassifier(_Forest):
         return self.tree_values(X)[:, :n_trees].mean(1)
 
     def predict(self, X, n_trees: int | None = None) -> torch.Tensor:
-        return self.classes_[self.predict_proba(X, n_trees).argmax(1)]
+        proba = self.predict_proba(X, n_trees)
+        return self.classes_[proba.argmax(1)]
 
 
 class RandomForestRegressor(_Forest):
@@ -225,10 +226,11 @@ class AdaBoostClassifier:
 
     def staged_predict(self, X) -> torch.Tensor:
         """Predicted labels after every round, ``(rounds, n)``."""
-        return self.classes_[self.staged_decision_function(X).argmax(-1)]
+        votes = self.staged_decision_function(X)
+        return self.classes_[votes.argmax(-1)]
 
     def predict(self, X) -> torch.Tensor:
-        return self.staged_predict(X)[-1]
+        return self.staged_predict(X)[-1]                   # staged_predict checks fitted first
 
 
 # ------------------------------------------------------------------------ gradient boosting
@@ -333,7 +335,8 @@ class GradientBoostingClassifier(_Boosting):
         return self._proba(self.staged_raw(X)[-1])
 
     def predict(self, X) -> torch.Tensor:
-        return self.classes_[(self.staged_raw(X)[-1] > 0).long()]
+        raw = self.staged_raw(X)[-1]
+        return self.classes_[(raw > 0).long()]
 
 
 def newton_gain(g: torch.Tensor, h: torch.Tensor, left: torch.Tensor, lam: float, gamma: float) -> float:
@@ -391,4 +394,5 @@ class NewtonBoostingClassifier(_NewtonBoosting):
         return self._proba(self.staged_raw(X)[-1])
 
     def predict(self, X) -> torch.Tensor:
-        return self.classes_[(self.staged_raw(X)[-1] > 0).long()]
+        raw = self.staged_raw(X)[-1]
+        return self.classes_[(raw > 0).long()]

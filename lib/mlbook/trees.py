@@ -426,7 +426,8 @@ class DecisionTreeClassifier(_TreeParams):
         return self.tree_.value[apply(self.tree_, X)[:, 0]]          # (n, classes)
 
     def predict(self, X) -> torch.Tensor:
-        return self.classes_[self.predict_proba(X).argmax(1)]
+        proba = self.predict_proba(X)
+        return self.classes_[proba.argmax(1)]
 
 
 class DecisionTreeRegressor(_TreeParams):

@@ -1,0 +1,154 @@
+"""mlbook.trees: CART on hand-checkable data, the two split searches, and the estimators' input checks."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mlbook import trees
+from mlbook._checks import NotFittedError
+
+# four points on a line, labels 0 0 1 1: one split at the midpoint 1.5 separates them
+X4 = [[0.0], [1.0], [2.0], [3.0]]
+Y4 = [0, 0, 1, 1]
+
+
+def test_one_split_at_the_midpoint_between_neighbours():
+    clf = trees.DecisionTreeClassifier().fit(X4, Y4)
+    t = clf.tree_
+    assert t.feature.tolist() == [0, -1, -1]
+    assert t.threshold[0].item() == 1.5
+    assert t.n_samples.tolist() == [4, 2, 2]
+    # Gini gain of the root, score(L) + score(R) - score(P): 2 + 2 - (4 + 4) / 4 = 2
+    assert t.gain[0].item() == pytest.approx(2.0)
+    assert clf.predict([[1.4], [1.6]]).tolist() == [0, 1]
+
+
+def test_gini_picks_the_purer_split_of_a_hand_worked_example():
+    # feature 0 separates 3 of 4 cleanly; feature 1 is noise: the root must split on feature 0 at 2.5
+    X = [[1, 5], [2, 1], [3, 4], [4, 2], [5, 3]]
+    y = [0, 0, 1, 1, 1]
+    t = trees.DecisionTreeClassifier(max_depth=1).fit(X, y).tree_
+    assert (t.feature[0].item(), t.threshold[0].item()) == (0, 2.5)
+
+
+def test_regression_leaves_are_means_and_depth_is_respected():
+    X = [[0.0], [1.0], [2.0], [3.0], [4.0], [5.0]]
+    y = [1.0, 1.0, 1.0, 5.0, 6.0, 7.0]
+    reg = trees.DecisionTreeRegressor(max_depth=1).fit(X, y)
+    assert reg.tree_.threshold[0].item() == 2.5
+    assert reg.predict([[0.5], [4.5]]).tolist() == [1.0, 6.0]
+    assert trees.DecisionTreeRegressor().fit(X, y).predict(X).tolist() == y   # grown out: fits exactly
+
+
+def test_pure_nodes_and_min_samples_leaf_stop_growth():
+    clf = trees.DecisionTreeClassifier().fit([[0.0], [1.0], [2.0]], [1, 1, 1])
+    assert clf.tree_.n_leaves == 1
+    t = trees.DecisionTreeClassifier(min_samples_leaf=2).fit(X4 + [[4.0]], Y4 + [0]).tree_
+    assert int(t.n_samples[t.feature < 0].min()) >= 2
+
+
+def test_class_labels_are_returned_as_given():
+    clf = trees.DecisionTreeClassifier().fit(X4, [7, 7, -3, -3])
+    assert clf.classes_.tolist() == [-3, 7]
+    assert clf.predict([[0.0], [3.0]]).tolist() == [7, -3]
+    assert torch.allclose(clf.predict_proba([[0.0]]), torch.tensor([[0.0, 1.0]], dtype=torch.float64))
+
+
+def test_sample_weight_moves_the_majority():
+    X, y = [[0.0], [0.0], [0.0]], [0, 0, 1]
+    clf = trees.DecisionTreeClassifier().fit(X, y, sample_weight=[1.0, 1.0, 5.0])
+    assert clf.predict([[0.0]]).tolist() == [1]
+
+
+def test_forest_of_independent_groups_equals_separate_trees():
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(60, 3, generator=gen, dtype=torch.float64)
+    y = (X[:, 0] + 0.3 * torch.randn(60, generator=gen, dtype=torch.float64) > 0).long()
+    crit = trees.Gini(2)
+    stats = crit.stats(y, torch.ones(60, dtype=torch.float64))
+    both = trees.grow(torch.cat([X, X]), torch.cat([stats, stats]), crit,
+                      groups=torch.arange(2).repeat_interleave(60), n_groups=2)
+    one = trees.grow(X, stats, crit)
+    leaves = trees.apply(both, X)
+    assert torch.equal(both.value[leaves[:, 0]], both.value[leaves[:, 1]])
+    assert torch.equal(both.value[leaves[:, 0]], one.value[trees.apply(one, X)[:, 0]])
+
+
+def test_exact_search_reproduces_scikit_learns_tree():
+    from sklearn.tree import DecisionTreeClassifier as SkTree
+
+    rng = np.random.RandomState(0)
+    X = rng.randn(300, 4)
+    y = (X[:, 0] * X[:, 1] + 0.3 * rng.randn(300) > 0).astype(int)
+    ours = trees.DecisionTreeClassifier(max_depth=5, min_samples_leaf=5).fit(X, y)
+    inner = ours.tree_.feature >= 0
+    assert bool((ours.tree_.ties[inner] >= 1).all()) and bool((ours.tree_.ties[~inner] == 0).all())
+    ref = SkTree(max_depth=5, min_samples_leaf=5, random_state=0).fit(X, y)
+    Xt = rng.randn(2000, 4)
+    assert np.array_equal(ours.predict(Xt).numpy(), ref.predict(Xt))
+    assert sorted(ours.tree_.threshold[inner].tolist()) == \
+        sorted(ref.tree_.threshold[ref.tree_.feature >= 0].tolist())
+
+
+def test_histogram_splits_lie_on_bin_edges_and_agree_with_exact_on_few_values():
+    rng = np.random.RandomState(1)
+    X = rng.randint(0, 8, size=(200, 2)).astype(float)            # 8 distinct values: 8 bins are exact
+    y = (X[:, 0] > 3).astype(int) ^ (rng.rand(200) < 0.1)
+    exact = trees.DecisionTreeClassifier(max_depth=3).fit(X, y)
+    hist = trees.DecisionTreeClassifier(max_depth=3, splitter="hist", max_bins=8).fit(X, y)
+    assert torch.equal(exact.predict(X), hist.predict(X))
+    inner = hist.tree_.feature >= 0
+    assert set(hist.tree_.threshold[inner].tolist()) <= set(range(8))
+    edges = trees.bin_edges(torch.as_tensor(X), max_bins=4)
+    assert edges.shape[0] == 2 and int(torch.isfinite(edges).sum(1).max()) <= 4
+
+
+def test_newton_criterion_leaf_and_gain():
+    g = torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=torch.float64)
+    h = torch.ones(4, dtype=torch.float64)
+    crit = trees.Newton(lam=1.0, gamma=0.1)
+    t = trees.grow(torch.tensor([[0.0], [1.0], [2.0], [3.0]], dtype=torch.float64), crit.stats(g, h), crit,
+                   max_depth=1)
+    # G_L = -2, H_L = 2: leaf weight -G/(H + lam) = 2/3; gain = (4/3 + 4/3 - 0)/2 - 0.1
+    assert t.value[1:, 0].tolist() == pytest.approx([2 / 3, -2 / 3])
+    assert t.gain[0].item() == pytest.approx(4 / 3 - 0.1)
+    # a gamma larger than the gain forbids the split
+    crit = trees.Newton(lam=1.0, gamma=2.0)
+    assert trees.grow(torch.tensor([[0.0], [1.0], [2.0], [3.0]], dtype=torch.float64), crit.stats(g, h),
+                      crit).n_leaves == 1
+
+
+# ------------------------------------------------------------------ bad input
+
+@pytest.mark.parametrize("cls", [trees.DecisionTreeClassifier, trees.DecisionTreeRegressor])
+def test_predict_before_fit_raises(cls):
+    with pytest.raises(NotFittedError, match="fit"):
+        cls().predict(X4)
+
+
+@pytest.mark.parametrize("cls", [trees.DecisionTreeClassifier, trees.DecisionTreeRegressor])
+def test_wrong_feature_count_and_nan_raise(cls):
+    est = cls().fit(X4, Y4)
+    with pytest.raises(ValueError, match="features"):
+        est.predict([[0.0, 1.0]])
+    with pytest.raises(ValueError, match="NaN"):
+        est.predict([[math.nan]])
+    with pytest.raises(ValueError, match="NaN"):
+        cls().fit([[0.0], [math.nan]], [0, 1])
+
+
+def test_bad_targets_and_parameters_raise():
+    with pytest.raises(ValueError, match="one entry per row"):
+        trees.DecisionTreeClassifier().fit(X4, [0, 1])
+    with pytest.raises(ValueError, match="integer class labels"):
+        trees.DecisionTreeClassifier().fit(X4, [0.5, 1.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="NaN"):
+        trees.DecisionTreeRegressor().fit(X4, [0.0, math.nan, 1.0, 2.0])
+    with pytest.raises(ValueError, match="sample_weight"):
+        trees.DecisionTreeClassifier().fit(X4, Y4, sample_weight=[1.0, -1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="max_depth"):
+        trees.DecisionTreeClassifier(max_depth=0)
+    with pytest.raises(ValueError, match="splitter"):
+        trees.DecisionTreeClassifier(splitter="random")
