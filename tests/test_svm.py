@@ -214,6 +214,8 @@ def test_estimators_refuse_bad_input_with_clear_errors():
         svm.LinearSVM().decision_function([[0.0, 0.0]])
     with pytest.raises(ValueError, match="exactly two classes"):
         svm.SVC().fit([[0.0], [1.0], [2.0]], [0, 1, 2])
+    with pytest.raises(TypeError, match="numeric class labels"):
+        svm.SVC().fit([[0.0], [1.0]], ["cat", "dog"])
     with pytest.raises(ValueError, match="3 rows but y has 2"):
         svm.SVC().fit([[0.0], [1.0], [2.0]], [0, 1])
     with pytest.raises(ValueError, match="NaN"):

@@ -225,7 +225,10 @@ def smo(K: torch.Tensor, y: torch.Tensor, C: float = 1.0, *, tol: float = 1e-3,
 
 def _binary_labels(y, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Map two class values to (classes, y in {-1, +1}); the larger class is +1, as in scikit-learn."""
-    y = torch.as_tensor(y, device=device)
+    try:
+        y = torch.as_tensor(y, device=device)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"y must be a 1-D array of numeric class labels: {err}") from None
     if y.ndim != 1:
         raise ValueError(f"y must be 1-D (n_samples,), got shape {tuple(y.shape)}")
     if len(y) != n:
