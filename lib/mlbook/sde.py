@@ -15,7 +15,7 @@ import torch
 from . import _checks, ode
 from .train import progress
 
-__all__ = ["euler_maruyama", "fokker_planck_1d", "ou_marginal", "total_variation"]
+__all__ = ["euler_maruyama", "fokker_planck_1d", "langevin", "ou_marginal", "total_variation"]
 
 
 @torch.no_grad()
@@ -36,6 +36,34 @@ def euler_maruyama(drift: Callable, g: Callable, x: torch.Tensor, ts, *,
         x = x + h * drift(x, t) + float(g(t)) * math.sqrt(h) * z
         states.append(x)
     return torch.stack(states)
+
+
+@torch.no_grad()
+def langevin(grad_log_density: Callable, x: torch.Tensor, step_size: float, n_steps: int, *,
+             generator: torch.Generator | None = None, callback: Callable | None = None) -> torch.Tensor:
+    """Unadjusted Langevin algorithm: x <- x + (h/2) grad log p(x) + sqrt(h) z, h = ``step_size``, eq. (score-langevin).
+
+    The convention of ``book/diffusion_score.md``: the step multiplies the *half* score, so in terms
+    of an energy p ~ exp(-E) one step is x - (h/2) grad E(x) + sqrt(h) z. ``grad_log_density(x)`` returns
+    a tensor shaped like ``x`` (any shape; every entry is one coordinate of one chain); the noise z is
+    standard normal, drawn on the CPU from ``generator``. ``callback(i, x)`` sees the state after step
+    i (0-based). No Metropolis correction: for h > 0 the chain's stationary law is only close to p.
+    """
+    if not callable(grad_log_density):
+        raise TypeError("grad_log_density must be callable as grad_log_density(x)")
+    _checks.tensor(x, "x", floating=True)
+    h = _checks.real(step_size, "step_size", positive=True)
+    n_steps = _checks.integer(n_steps, "n_steps", minimum=0)
+    for i in range(n_steps):
+        grad = grad_log_density(x)
+        if not isinstance(grad, torch.Tensor) or grad.shape != x.shape:
+            raise ValueError(f"grad_log_density must return a tensor of x's shape {tuple(x.shape)}, "
+                             f"got {tuple(grad.shape) if isinstance(grad, torch.Tensor) else type(grad).__name__}")
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        x = x + 0.5 * h * grad + math.sqrt(h) * z
+        if callback is not None:
+            callback(i, x)
+    return x
 
 
 def fokker_planck_1d(drift: Callable, g: Callable, p0: torch.Tensor, grid: torch.Tensor, ts, *,

@@ -1,0 +1,345 @@
+r"""Energy-based models: an energy network E(x, y), its training losses, and implicit inference.
+
+Chapter "Energy-based models" (``book/ebm.md``); equation labels refer to that page. A conditional
+energy model scores a pair (x, y); low energy means compatible, and p(y | x) = exp(-E(x, y)) / Z(x).
+Prediction is implicit, y_hat(x) = argmin_y E(x, y), found by sampling rather than read off a head.
+
+Shapes: ``x`` is ``(n, dx)``; candidate answers are ``(n, m, dy)`` (m per input) or ``(n, dy)`` (one
+each); energies are ``(n, m)`` or ``(n,)``. ``bounds`` is a ``(2, dy)`` tensor: row 0 the lower, row 1
+the upper corner of the box of answers searched and sampled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import _checks, sde, train as _train
+from .device import get_device, rand, randn
+
+__all__ = ["EnergyMLP", "check_bounds", "uniform_in", "info_nce_loss", "grid_nll", "ml_surrogate_loss",
+           "energy_score", "cd_loss", "dfo_argmin", "langevin_argmin", "ImplicitRegressor",
+           "ExplicitRegressor"]
+
+
+class EnergyMLP(nn.Module):
+    """E(x, y): an MLP on the concatenated pair, one scalar out; eq. (ebm-conditional).
+
+    ``forward(x, y)`` takes x ``(n, dx)`` and y ``(n, dy)`` -> ``(n,)`` or y ``(n, m, dy)`` -> ``(n, m)``.
+    ReLU units: the energy is piecewise linear, so the argmin can jump as x moves.
+    """
+
+    def __init__(self, x_dim: int = 1, y_dim: int = 1, hidden: int = 64, layers: int = 3):
+        super().__init__()
+        self.x_dim = _checks.integer(x_dim, "x_dim", minimum=1)
+        self.y_dim = _checks.integer(y_dim, "y_dim", minimum=1)
+        hidden = _checks.integer(hidden, "hidden", minimum=1)
+        layers = _checks.integer(layers, "layers", minimum=1)
+        sizes = [self.x_dim + self.y_dim] + [hidden] * layers
+        blocks: list[nn.Module] = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            blocks += [nn.Linear(a, b), nn.ReLU()]
+        self.net = nn.Sequential(*blocks, nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        _checks.tensor(x, "x", ndim=2, last_dim=self.x_dim, floating=True)
+        _checks.tensor(y, "y", ndim=(2, 3), last_dim=self.y_dim, floating=True)
+        if y.shape[0] != x.shape[0]:
+            raise ValueError(f"x and y must have the same number of rows, got {x.shape[0]} and {y.shape[0]}")
+        if y.ndim == 2:
+            return self.net(torch.cat([x, y], dim=1)).squeeze(-1)                 # (n,)
+        xs = x[:, None, :].expand(-1, y.shape[1], -1)                              # (n, m, dx)
+        return self.net(torch.cat([xs, y], dim=2)).squeeze(-1)                     # (n, m)
+
+
+def check_bounds(bounds, y_dim: int | None = None) -> torch.Tensor:
+    """Return ``bounds`` as a float ``(2, dy)`` tensor with lower < upper, else raise."""
+    bounds = torch.as_tensor(bounds, dtype=torch.float32) if not isinstance(bounds, torch.Tensor) else bounds
+    _checks.tensor(bounds, "bounds", ndim=2, floating=True)
+    if bounds.shape[0] != 2 or (y_dim is not None and bounds.shape[1] != y_dim):
+        want = f"(2, {y_dim})" if y_dim is not None else "(2, dy)"
+        raise ValueError(f"bounds must have shape {want} (lower row, upper row), got {tuple(bounds.shape)}")
+    if not bool((bounds[0] < bounds[1]).all()):
+        raise ValueError("bounds: every lower value (row 0) must be below its upper value (row 1)")
+    return bounds
+
+
+def uniform_in(bounds: torch.Tensor, *shape: int, generator: torch.Generator | None = None,
+               device=None) -> torch.Tensor:
+    """Uniform draws in the box ``bounds``, shape ``(*shape, dy)``; drawn on the CPU from ``generator``."""
+    bounds = check_bounds(bounds)
+    lo, hi = bounds[0].to(get_device(device)), bounds[1].to(get_device(device))
+    u = rand(*shape, bounds.shape[1], generator=generator, device=device, dtype=bounds.dtype)
+    return lo + (hi - lo) * u
+
+
+def info_nce_loss(model: Callable, x: torch.Tensor, y: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:
+    """InfoNCE with counter-examples, eq. (ebm-infonce): cross-entropy of picking y among {y} + counter.
+
+    ``y`` ``(n, dy)`` are the observed answers, ``counter`` ``(n, K, dy)`` the counter-examples; the
+    logits are minus the energies. Returns the mean over the n rows.
+    """
+    _checks.tensor(y, "y", ndim=2, floating=True)
+    _checks.tensor(counter, "counter", ndim=3, floating=True)
+    if counter.shape[0] != y.shape[0] or counter.shape[2] != y.shape[1]:
+        raise ValueError(f"counter must have shape ({y.shape[0]}, K, {y.shape[1]}) to match y, "
+                         f"got {tuple(counter.shape)}")
+    candidates = torch.cat([y[:, None, :], counter], dim=1)                       # (n, K + 1, dy)
+    logits = -model(x, candidates)                                                 # (n, K + 1)
+    target = torch.zeros(len(y), dtype=torch.long, device=y.device)               # the observed one
+    return F.cross_entropy(logits, target)
+
+
+def grid_nll(model: Callable, x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Exact mean negative log-likelihood when y ranges over the finite set ``grid``, eq. (ebm-nll).
+
+    -log p(y | x) = E(x, y) + log sum_g exp(-E(x, g)); ``grid`` is ``(G, dy)``. The normaliser is
+    computed by brute force, which only a tiny answer space allows: a reference for the tests.
+    """
+    _checks.tensor(grid, "grid", ndim=2, floating=True, min_rows=1)
+    g = grid[None].expand(x.shape[0], -1, -1)                                     # (n, G, dy)
+    return (model(x, y) + torch.logsumexp(-model(x, g), dim=1)).mean()
+
+
+def ml_surrogate_loss(model: Callable, x: torch.Tensor, y: torch.Tensor, negatives: torch.Tensor,
+                      log_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """A loss whose parameter gradient is the positive minus the negative phase, eq. (ebm-ml-grad).
+
+    mean over rows of E(x, y) - sum_j w_j E(x, y'_j), with the negatives ``(n, M, dy)`` and weights
+    w = softmax(``log_weights``) (uniform if omitted, i.e. the negatives are samples of the model),
+    held constant: no gradient flows through them. Its *value* means nothing; its gradient does.
+    """
+    _checks.tensor(negatives, "negatives", ndim=3, floating=True)
+    e_neg = model(x, negatives.detach())                                           # (n, M)
+    if log_weights is None:
+        w = torch.full_like(e_neg, 1.0 / e_neg.shape[1])
+    else:
+        if log_weights.shape != e_neg.shape:
+            raise ValueError(f"log_weights must have the negatives' shape {tuple(e_neg.shape)}, "
+                             f"got {tuple(log_weights.shape)}")
+        w = torch.softmax(log_weights.detach(), dim=1)
+    return (model(x, y) - (w * e_neg).sum(1)).mean()
+
+
+def energy_score(energy: Callable, x: torch.Tensor, temperature: float = 1.0) -> Callable:
+    """grad_y log p(y | x) = -grad_y E(x, y) / T as a function of y alone (for :func:`mlbook.sde.langevin`).
+
+    ``y`` may be ``(n, dy)`` or ``(n, m, dy)``; the gradient is taken by autograd, also inside ``no_grad``.
+    """
+    temperature = _checks.real(temperature, "temperature", positive=True)
+
+    def score(y: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            yg = y.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(energy(x, yg).sum(), yg)
+        return -grad / temperature
+
+    return score
+
+
+def cd_loss(model: Callable, x: torch.Tensor, y: torch.Tensor, *, n_steps: int = 10, step_size: float = 0.01,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Contrastive divergence CD-k, eq. (ebm-cd): the negatives are k Langevin steps started at the data.
+
+    Returns :func:`ml_surrogate_loss` with one negative per row, y' = Langevin_k(y) under p(. | x).
+    """
+    n_steps = _checks.integer(n_steps, "n_steps", minimum=1)
+    negatives = sde.langevin(energy_score(model, x), y.detach(), step_size, n_steps, generator=generator)
+    return ml_surrogate_loss(model, x, y, negatives[:, None, :])
+
+
+def _check_inputs(energy, x, bounds):
+    if not callable(energy):
+        raise TypeError("energy must be callable as energy(x, y)")
+    _checks.tensor(x, "x", ndim=2, floating=True, min_rows=1)
+    return check_bounds(bounds).to(x.device, x.dtype)
+
+
+@torch.no_grad()
+def dfo_argmin(energy: Callable, x: torch.Tensor, bounds, *, n_samples: int = 256, n_iters: int = 3,
+               noise: float = 0.1, shrink: float = 0.5, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Derivative-free argmin_y E(x, y), eq. (ebm-dfo): sample, reweight by exp(-E), resample, jitter.
+
+    Start from ``n_samples`` uniform candidates per row in ``bounds``; each of ``n_iters`` rounds
+    resamples them with probabilities softmax(-E), adds Gaussian noise of std ``noise`` times the box
+    width (shrunk by ``shrink`` every round) and clips to the box. Returns the lowest-energy candidate
+    of the last round, ``(n, dy)``. Only energy evaluations: no gradients.
+    """
+    bounds = _check_inputs(energy, x, bounds)
+    n_samples = _checks.integer(n_samples, "n_samples", minimum=1)
+    n_iters = _checks.integer(n_iters, "n_iters", minimum=0)
+    noise = _checks.real(noise, "noise", nonnegative=True)
+    shrink = _checks.real(shrink, "shrink", positive=True)
+    n, width = x.shape[0], bounds[1] - bounds[0]
+    y = uniform_in(bounds, n, n_samples, generator=generator, device=x.device).to(x.dtype)  # (n, m, dy)
+    rows = torch.arange(n, device=x.device)[:, None]
+    scale = noise
+    for _ in range(n_iters):
+        probs = torch.softmax(-energy(x, y), dim=1).cpu().float()                  # (n, m)
+        idx = torch.multinomial(probs, n_samples, replacement=True, generator=generator).to(x.device)
+        y = y[rows, idx] + scale * width * randn(*y.shape, generator=generator, device=x.device, dtype=x.dtype)
+        y = torch.maximum(torch.minimum(y, bounds[1]), bounds[0])
+        scale *= shrink
+    best = energy(x, y).argmin(dim=1)                                              # (n,)
+    return y[rows[:, 0], best]
+
+
+@torch.no_grad()
+def langevin_argmin(energy: Callable, x: torch.Tensor, bounds, *, n_samples: int = 16, n_steps: int = 100,
+                    step_size: float = 1e-3, temperature: float = 1.0,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Implicit inference by Langevin dynamics, eq. (ebm-langevin-inference).
+
+    ``n_samples`` chains per row start uniform in ``bounds`` and run :func:`mlbook.sde.langevin` on
+    p(y | x) ~ exp(-E(x, y) / T) for ``n_steps`` steps (clipped to the box after the run); the
+    lowest-energy final state of each row is returned, ``(n, dy)``. A low temperature concentrates the
+    chains near the minima; the noise lets them leave shallow ones.
+    """
+    bounds = _check_inputs(energy, x, bounds)
+    n_samples = _checks.integer(n_samples, "n_samples", minimum=1)
+    y = uniform_in(bounds, x.shape[0], n_samples, generator=generator, device=x.device).to(x.dtype)
+    y = sde.langevin(energy_score(energy, x, temperature), y, step_size, n_steps, generator=generator)
+    if not bool(torch.isfinite(y).all()):
+        raise FloatingPointError("Langevin inference diverged: lower step_size (or raise temperature)")
+    y = torch.maximum(torch.minimum(y, bounds[1]), bounds[0])
+    best = energy(x, y).argmin(dim=1)
+    return y[torch.arange(x.shape[0], device=x.device), best]
+
+
+# ---------------------------------------------------------------------------- estimators
+
+def _targets(y, name: str = "y", *, device, n_rows: int) -> torch.Tensor:
+    y = torch.as_tensor(y, dtype=torch.float32) if not isinstance(y, torch.Tensor) else y.float()
+    y = y[:, None] if y.ndim == 1 else y
+    y = _checks.features(y, name, device=device, dtype=torch.float32)
+    if y.shape[0] != n_rows:
+        raise ValueError(f"X and {name} must have the same number of rows, got {n_rows} and {y.shape[0]}")
+    return y
+
+
+class _Regressor:
+    """fit/predict plumbing shared by the implicit and the explicit regressor (scikit-learn style)."""
+
+    def __init__(self, *, hidden: int, layers: int, steps: int, lr: float, batch_size: int, seed: int, device):
+        self.hidden, self.layers, self.steps, self.lr = hidden, layers, steps, lr
+        self.batch_size, self.seed, self.device = batch_size, seed, device
+        self.model_ = None
+
+    def _prepare(self, X, y):
+        _checks.integer(self.steps, "steps", minimum=1)
+        _checks.integer(self.seed, "seed", minimum=0)
+        dev = get_device(self.device)
+        X = _checks.features(X, "X", device=dev, dtype=torch.float32)
+        return dev, X, _targets(y, device=dev, n_rows=X.shape[0])
+
+    def _inputs(self, X) -> torch.Tensor:
+        _checks.fitted(self, "model_")
+        return _checks.features(X, "X", n_features=self.n_features_in_, device=next(self.model_.parameters()).device,
+                                dtype=torch.float32)
+
+    def _out(self, y: torch.Tensor) -> torch.Tensor:
+        return y[:, 0] if self.y_dim_ == 1 else y
+
+
+class ImplicitRegressor(_Regressor):
+    """Implicit regression: fit E(x, y) by InfoNCE with uniform counter-examples, predict argmin_y E.
+
+    The recipe of implicit behavioural cloning, eqs. (ebm-infonce) and (ebm-implicit). Answers are
+    searched in the box spanned by the training targets, widened by ``margin`` of its width on each side.
+
+    Args:
+        n_counter: counter-examples K per training pair, drawn uniformly in the box every step.
+        inference: ``"dfo"`` (:func:`dfo_argmin`) or ``"langevin"`` (:func:`langevin_argmin`).
+        inference_kwargs: passed on to the inference function.
+    """
+
+    def __init__(self, *, n_counter: int = 64, hidden: int = 64, layers: int = 3, steps: int = 1500,
+                 lr: float = 1e-3, batch_size: int = 64, margin: float = 0.05, inference: str = "dfo",
+                 inference_kwargs: dict | None = None, seed: int = 0, device=None):
+        super().__init__(hidden=hidden, layers=layers, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+                         device=device)
+        self.n_counter, self.margin = n_counter, margin
+        self.inference, self.inference_kwargs = inference, inference_kwargs
+
+    def fit(self, X, y, *, show_progress: bool | None = False) -> "ImplicitRegressor":
+        n_counter = _checks.integer(self.n_counter, "n_counter", minimum=1)
+        margin = _checks.real(self.margin, "margin", nonnegative=True)
+        _checks.choice(self.inference, "inference", ("dfo", "langevin"))
+        dev, X, Y = self._prepare(X, y)
+        lo, hi = Y.min(0).values, Y.max(0).values
+        pad = margin * (hi - lo).clamp_min(1e-6)
+        self.bounds_ = torch.stack([lo - pad, hi + pad + (hi == lo) * 1e-3])      # (2, dy)
+        self.n_features_in_, self.y_dim_ = X.shape[1], Y.shape[1]
+        gen = torch.Generator().manual_seed(self.seed)
+        torch.manual_seed(self.seed)                                               # the initial weights
+        model = EnergyMLP(X.shape[1], Y.shape[1], self.hidden, self.layers).to(dev)
+
+        def loss_fn(m, batch):
+            xb, yb = batch
+            counter = uniform_in(self.bounds_, len(yb), n_counter, generator=gen, device=dev)
+            return info_nce_loss(m, xb, yb, counter)
+
+        self.losses_ = _train.train(model, loss_fn, (X, Y), steps=self.steps, lr=self.lr,
+                                    batch_size=self.batch_size, generator=gen, device=dev,
+                                    desc="InfoNCE", show_progress=show_progress)
+        self.model_ = model
+        return self
+
+    @torch.no_grad()
+    def energy(self, X, Y) -> torch.Tensor:
+        """Energies of the candidates ``Y`` ``(n, m, dy)`` (or ``(n, m)`` when dy = 1) for the rows of X."""
+        X = self._inputs(X)
+        Y = torch.as_tensor(Y, dtype=torch.float32).to(X.device)
+        Y = Y[..., None] if Y.ndim == 2 and self.y_dim_ == 1 else Y
+        return self.model_(X, Y)
+
+    def predict(self, X, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """argmin_y E(x, y) for each row of X, by the chosen inference; ``(n,)`` if y was 1-D."""
+        X = self._inputs(X)
+        gen = generator if generator is not None else torch.Generator().manual_seed(self.seed)
+        search = dfo_argmin if self.inference == "dfo" else langevin_argmin
+        return self._out(search(self.model_, X, self.bounds_, generator=gen, **(self.inference_kwargs or {})))
+
+
+class MLP(nn.Module):
+    """A plain ReLU MLP x -> y, the explicit model."""
+
+    def __init__(self, x_dim: int, y_dim: int, hidden: int, layers: int):
+        super().__init__()
+        sizes = [x_dim] + [hidden] * layers
+        blocks: list[nn.Module] = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            blocks += [nn.Linear(a, b), nn.ReLU()]
+        self.net = nn.Sequential(*blocks, nn.Linear(hidden, y_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ExplicitRegressor(_Regressor):
+    """The explicit baseline, eq. (ebm-explicit): an MLP y = f(x) fitted by mean squared error."""
+
+    def __init__(self, *, hidden: int = 64, layers: int = 3, steps: int = 1500, lr: float = 1e-3,
+                 batch_size: int = 64, seed: int = 0, device=None):
+        super().__init__(hidden=hidden, layers=layers, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+                         device=device)
+
+    def fit(self, X, y, *, show_progress: bool | None = False) -> "ExplicitRegressor":
+        dev, X, Y = self._prepare(X, y)
+        self.n_features_in_, self.y_dim_ = X.shape[1], Y.shape[1]
+        gen = torch.Generator().manual_seed(self.seed)
+        torch.manual_seed(self.seed)
+        model = MLP(X.shape[1], Y.shape[1], _checks.integer(self.hidden, "hidden", minimum=1),
+                    _checks.integer(self.layers, "layers", minimum=1)).to(dev)
+        self.losses_ = _train.train(model, lambda m, b: F.mse_loss(m(b[0]), b[1]), (X, Y), steps=self.steps,
+                                    lr=self.lr, batch_size=self.batch_size, generator=gen, device=dev,
+                                    desc="MSE", show_progress=show_progress)
+        self.model_ = model
+        return self
+
+    @torch.no_grad()
+    def predict(self, X) -> torch.Tensor:
+        return self._out(self.model_(self._inputs(X)))
