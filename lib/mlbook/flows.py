@@ -261,8 +261,8 @@ def cnf_log_prob(velocity: Field, x: torch.Tensor, *, n_steps: int = 50, method:
                  divergence: str = "exact", generator: torch.Generator | None = None) -> torch.Tensor:
     """log p_0(x) of the continuous flow dx/dt = velocity(x, t) with a N(0, I) prior at t = 1.
 
-    The instantaneous change of variables, eq. (flow-cnf-loglik) (the diffusion chapter's
-    eq. sde-ode-loglik), integrated by :func:`mlbook.ode.log_likelihood` from t = 0 to 1 with an
+    Implements eq. (sde-ode-loglik), the instantaneous change of variables of book/diffusion_sde.md,
+    by calling :func:`mlbook.ode.log_likelihood` from t = 0 to 1 with an
     exact trace (``divergence="exact"``, d backward passes) or Hutchinson's estimate.
     """
     n_steps = _checks.integer(n_steps, "n_steps", minimum=1)
