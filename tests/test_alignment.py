@@ -248,6 +248,20 @@ def test_grpo_fixed_point_residual_is_zero_only_at_the_fixed_point():
     assert float(al.grpo_fixed_point_residual(REF, REF, REWARD, beta, g, normalise_std=False)) > 1e-2
 
 
+@pytest.mark.parametrize("normalise_std", [False, True])
+def test_grpo_fixed_point_zeroes_the_expected_gradient(normalise_std):
+    beta, g = 0.5, 3
+    policy = al.TabularPolicy(REF)                          # where the expected dynamics go, then Newton
+    al.fit(policy, lambda m: al.population_grpo_loss(m(), REF, REWARD, beta, g, normalise_std), steps=100)
+    logp = al.grpo_fixed_point(REF, REWARD, beta, g, normalise_std, start=policy().detach())
+    assert float(al.grpo_fixed_point_residual(logp, REF, REWARD, beta, g, normalise_std)) < 1e-10
+    t = logp.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(al.population_grpo_loss(torch.log_softmax(t, -1), REF, REWARD, beta, g,
+                                                          normalise_std), t)
+    assert float(grad.abs().max()) < 1e-10
+    assert float(al.total_variation(logp, al.optimal_log_policy(REF, REWARD, beta))) > 0.01
+
+
 # ------------------------------------------------------------------ policies and training
 
 def test_policies_return_normalised_log_probabilities():
@@ -318,6 +332,11 @@ def test_bad_response_indices_and_shapes_are_rejected():
     with pytest.raises(ValueError, match="too many"):
         al.expected_group_advantage(torch.zeros(10, dtype=torch.float64).log_softmax(-1),
                                     torch.zeros(10, dtype=torch.float64), 8)
+
+
+def test_newton_failure_is_reported():
+    with pytest.raises(RuntimeError, match="did not reach a GRPO fixed point"):
+        al.grpo_fixed_point(REF, REWARD, 0.5, 3, True, max_iter=1)
 
 
 def test_clip_and_logp_old_go_together():

@@ -9,6 +9,7 @@ Equation labels refer to ``book/alignment.md``; the k3 penalty is :func:`mlbook.
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import torch
@@ -24,6 +25,7 @@ __all__ = ["TabularPolicy", "MLPPolicy", "RewardModel",
            "preference_counts", "bradley_terry_loss", "pairwise_loss", "implicit_reward", "dpo_loss",
            "pairwise_dpo_loss", "kl_regularised_advantages", "policy_gradient_loss", "group_advantages",
            "grpo_loss", "expected_group_advantage", "population_grpo_loss", "grpo_fixed_point_residual",
+           "grpo_fixed_point",
            "fit"]
 
 
@@ -345,6 +347,12 @@ def grpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, ref_logp: torch.Tensor
     return surrogate + beta * k3(ref_logp - logp).mean()                  # log r = log pi_ref - log pi
 
 
+@functools.lru_cache(maxsize=16)
+def _outcomes(k: int, m: int) -> torch.Tensor:
+    """Every sequence of m responses out of k, as a ``(k^m, m)`` index tensor (on the CPU)."""
+    return torch.tensor(list(itertools.product(range(k), repeat=m)), dtype=torch.long).view(-1, m)
+
+
 def expected_group_advantage(logp: torch.Tensor, reward: torch.Tensor, group_size: int,
                              normalise_std: bool = True, eps: float = 1e-6) -> torch.Tensor:
     """a(y) = E[A_1 | y_1 = y] for a group y_1..y_G ~ pi, eq. (align-grpo-abar), by exact enumeration.
@@ -358,7 +366,7 @@ def expected_group_advantage(logp: torch.Tensor, reward: torch.Tensor, group_siz
     k = logp.shape[0]
     if k ** (g - 1) > 1_000_000:
         raise ValueError(f"enumerating K^(G-1) = {k}^{g - 1} groups is too many; use a smaller group")
-    others = torch.tensor(list(itertools.product(range(k), repeat=g - 1)), device=logp.device)  # (M, G-1)
+    others = _outcomes(k, g - 1).to(logp.device)                                                 # (M, G-1)
     weight = logp[others].sum(-1).exp()                                                          # (M,)
     y = torch.arange(k, device=logp.device)
     groups = torch.cat([y[:, None, None].expand(k, len(others), 1),
@@ -384,6 +392,47 @@ def grpo_fixed_point_residual(logp: torch.Tensor, ref_logp: torch.Tensor, reward
     _same_shape(logp=logp, ref_logp=_checks.tensor(ref_logp, "ref_logp", floating=True))
     a = expected_group_advantage(logp, reward, group_size, normalise_std)
     return (logp.exp() * (1 - a / beta) - ref_logp.exp()).abs().max()
+
+
+def grpo_fixed_point(ref_logp: torch.Tensor, reward: torch.Tensor, beta: float, group_size: int,
+                     normalise_std: bool = True, start: torch.Tensor | None = None, max_iter: int = 50,
+                     tol: float = 1e-12) -> torch.Tensor:
+    """Solve pi (1 - a_pi / beta) = pi_ref, eq. (align-grpo-fixed), for the logits by damped Newton steps.
+
+    The equation is the zero of the expected GRPO gradient pi a_pi - beta (pi - pi_ref) in the
+    logits; ``start`` (log-probabilities, default ``ref_logp``) should lie where the GRPO dynamics go,
+    e.g. after a few steps of :func:`population_grpo_loss`, since a root need not be unique.
+    Returns log-probabilities ``(K,)``; raises if the residual does not fall below ``sqrt(tol)``.
+    """
+    beta = _beta(beta)
+    ref_logp = _checks.tensor(ref_logp, "ref_logp", ndim=1, floating=True)
+    theta = (ref_logp if start is None else _checks.tensor(start, "start", ndim=1, floating=True)).detach().clone()
+    _same_shape(ref_logp=ref_logp, start=theta, reward=reward)
+    max_iter = _checks.integer(max_iter, "max_iter", minimum=1)
+
+    def stationarity(t):                                           # (K,): zero at a fixed point
+        logp = torch.log_softmax(t, -1)
+        a = expected_group_advantage(logp, reward, group_size, normalise_std)
+        return logp.exp() * a - beta * (logp.exp() - ref_logp.exp())
+
+    f = stationarity(theta)
+    for _ in range(max_iter):
+        if float(f.abs().max()) < tol:
+            break
+        jac = torch.autograd.functional.jacobian(stationarity, theta)          # (K, K), singular along 1
+        step = torch.linalg.lstsq(jac, -f[:, None], driver="gelsd" if jac.device.type == "cpu" else None)
+        step = step.solution[:, 0]
+        scale = 1.0
+        while scale > 1e-4:                                        # halve until the residual falls
+            f_new = stationarity(theta + scale * step)
+            if float(f_new.norm()) < float(f.norm()):
+                break
+            scale /= 2
+        theta, f = theta + scale * step, f_new
+    if not float(f.abs().max()) < tol ** 0.5:
+        raise RuntimeError(f"Newton's method did not reach a GRPO fixed point (residual {float(f.abs().max()):.2e}); "
+                           "start it closer, e.g. after a few steps of population_grpo_loss")
+    return torch.log_softmax(theta, -1)
 
 
 # --------------------------------------------------------------------------------- training helper
