@@ -175,7 +175,7 @@ def test_distillation_loss_is_t_squared_times_kl():
 
 
 def test_distillation_gradient_matches_logit_difference_at_high_temperature():
-    # Zero-mean logits: T^2 KL has gradient T (q - p) -> (z - v) / C as T grows (eq. comp-kd-limit).
+    # Zero-mean logits: T^2 KL has gradient T (q - p) -> (z - v) / C as T grows (comp-kd-limit).
     s = torch.randn(3, 10, generator=gen(8), dtype=torch.float64)
     t = torch.randn(3, 10, generator=gen(9), dtype=torch.float64)
     s, t = s - s.mean(1, keepdim=True), t - t.mean(1, keepdim=True)

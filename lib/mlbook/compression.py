@@ -23,7 +23,7 @@ from .train import train
 __all__ = [
     "mlp", "accuracy", "fit_classifier",
     "prunable_weights", "magnitude_mask", "global_magnitude_masks", "apply_masks", "sparsity",
-    "iterative_magnitude_pruning",
+    "PruningRound", "iterative_magnitude_pruning",
     "soft_targets", "distillation_loss",
     "QTensor", "quantize", "dequantize", "quantize_model",
 ]
@@ -109,8 +109,8 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float, *, structured: bool = 
                    dim: int = 0) -> torch.Tensor:
     """Layer-wise magnitude pruning mask of one weight tensor; ``True`` marks the survivors.
 
-    Unstructured (eq. comp-unstructured): remove the ``round(sparsity * numel)`` entries of
-    smallest ``|w|``. Structured (eq. comp-structured): score every slice along ``dim`` (for a
+    Unstructured, implements (comp-unstructured): remove the ``round(sparsity * numel)`` entries of
+    smallest ``|w|``. Structured, implements (comp-structured): score every slice along ``dim`` (for a
     ``Linear`` weight and ``dim=0``, every output unit's row of incoming weights) by its L2 norm
     and remove the ``round(sparsity * n_slices)`` lowest-scoring slices whole.
     The counts round like ``torch.nn.utils.prune``'s ``amount``.
@@ -134,7 +134,7 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float, *, structured: bool = 
 
 def global_magnitude_masks(weights: Mapping[str, torch.Tensor], sparsity: float, *,
                            masks: Masks | None = None) -> Masks:
-    """Global unstructured magnitude pruning (eq. comp-global): one threshold for all tensors.
+    """Global unstructured magnitude pruning: one threshold for all tensors. Implements (comp-global).
 
     Removes the ``round(sparsity * total)`` weights of smallest ``|w|`` among all tensors of
     ``weights`` together, so layers lose different fractions. ``masks`` (optional) are earlier
@@ -168,7 +168,7 @@ def global_magnitude_masks(weights: Mapping[str, torch.Tensor], sparsity: float,
 
 @torch.no_grad()
 def apply_masks(model: nn.Module, masks: Masks) -> nn.Module:
-    """Zero the pruned weights of ``model`` in place (eq. comp-masked); returns ``model``."""
+    """Zero the pruned weights of ``model`` in place, so the model computes (comp-masked); returns ``model``."""
     params = dict(model.named_parameters())
     for name, mask in masks.items():
         if name not in params:
@@ -200,7 +200,9 @@ class PruningRound:
 def iterative_magnitude_pruning(model: nn.Module, fit: Callable[[nn.Module, Masks], float], *,
                                 rounds: int, rate: float, rewind_state: Mapping | None = None
                                 ) -> list[PruningRound]:
-    """Iterative magnitude pruning with weight rewinding (the lottery-ticket procedure, eq. comp-imp).
+    """Iterative magnitude pruning with weight rewinding (the lottery-ticket procedure).
+
+    Implements (comp-imp).
 
     Round ``r = 0, ..., rounds``: train with ``fit(model, masks)`` (which must keep the masks and
     return a score, e.g. test accuracy); then, except after the last round, remove the fraction
@@ -240,18 +242,19 @@ def _check_temperature(value) -> float:
 
 
 def soft_targets(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Softmax of ``logits / temperature`` over the last dimension (eq. comp-softmax-t)."""
+    """Softmax of ``logits / temperature`` over the last dimension. Implements (comp-softmax-t)."""
     _checks.tensor(logits, "logits", floating=True)
     return torch.softmax(logits / _check_temperature(temperature), dim=-1)
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float,
                       labels: torch.Tensor | None = None, alpha: float = 1.0) -> torch.Tensor:
-    """Knowledge-distillation loss (eq. comp-kd-loss), averaged over the batch.
+    """Knowledge-distillation loss, averaged over the batch.
 
     ``alpha * T^2 * KL(p_T(teacher) || p_T(student)) + (1 - alpha) * CE(student, labels)``,
     where ``p_T`` is :func:`soft_targets`. The ``T^2`` keeps the soft term's gradient the same
-    size as temperature changes (eq. comp-kd-grad). ``alpha < 1`` needs ``labels``.
+    size as temperature changes (see (comp-kd-grad)). ``alpha < 1`` needs ``labels``.
+    Implements (comp-kd-loss).
     """
     _checks.tensor(student_logits, "student_logits", ndim=2, floating=True)
     _checks.tensor(teacher_logits, "teacher_logits", ndim=2, floating=True)
@@ -296,12 +299,12 @@ class QTensor:
 
 
 def quantize(w: torch.Tensor, *, bits: int = 8, symmetric: bool = False) -> QTensor:
-    """Per-tensor affine quantization to signed ``bits``-bit integers (eq. comp-quant).
+    """Per-tensor affine quantization to signed ``bits``-bit integers. Implements (comp-scale) and (comp-quant).
 
     The grid spans ``[min(w, 0), max(w, 0)]`` so that zero is exact: ``scale = range / (2^bits - 1)``
-    and an integer ``zero_point`` (eq. comp-scale). ``symmetric=True`` fixes ``zero_point = 0`` and
+    and an integer ``zero_point``. ``symmetric=True`` fixes ``zero_point = 0`` and
     ``scale = max|w| / (2^(bits-1) - 1)``. Then ``q = clamp(round(w / scale) + zero_point)``, and
-    every entry satisfies ``|w - scale * (q - zero_point)| <= scale / 2`` (eq. comp-bound).
+    every entry satisfies ``|w - scale * (q - zero_point)| <= scale / 2`` (comp-bound).
     """
     _checks.tensor(w, "w", floating=True)
     bits = _checks.integer(bits, "bits", minimum=2)
@@ -329,7 +332,7 @@ def quantize(w: torch.Tensor, *, bits: int = 8, symmetric: bool = False) -> QTen
 
 
 def dequantize(qt: QTensor) -> torch.Tensor:
-    """The float32 tensor ``scale * (q - zero_point)`` (eq. comp-dequant)."""
+    """The float32 tensor ``scale * (q - zero_point)``. Implements (comp-dequant)."""
     if not isinstance(qt, QTensor):
         raise TypeError(f"qt must be a QTensor (from quantize), got {type(qt).__name__}")
     return qt.scale * (qt.q.float() - qt.zero_point)
