@@ -8,7 +8,7 @@ run gives the same clustering on every device. Equation labels refer to ``book/u
 - :class:`KMeans`: Lloyd's algorithm (km-assign, km-update) on a batch of restarts at once, seeded by
   k-means++ (km-pp) or by centres you pass; scikit-learn's ``KMeans`` is the reference.
 - :func:`linkage` and :class:`AgglomerativeClustering`: greedy merging with the Lance-Williams
-  updates (hc-single ... hc-ward), returning SciPy's linkage matrix; :func:`cut` reads flat clusters off it.
+  updates (hc-lw-minmax, hc-lw-average, hc-ward), returning SciPy's linkage matrix; :func:`cut` reads flat clusters off it.
 - :class:`PCA`: principal components by the SVD of the centred data (pca-svd) or the eigenvectors of its
   covariance (pca-eig); scikit-learn's ``PCA`` is the reference.
 """
@@ -23,7 +23,7 @@ import torch
 from . import _checks
 from .device import get_device
 
-__all__ = ["squared_distances", "kmeans_plusplus", "KMeans", "LINKAGES", "linkage", "cut",
+__all__ = ["squared_distances", "kmeans_plusplus", "lloyd", "KMeans", "LINKAGES", "linkage", "cut",
            "AgglomerativeClustering", "PCA"]
 
 
@@ -89,7 +89,8 @@ def _assign(Xt: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     b, k, d = centres.shape
     flat = centres.reshape(b * k, d)
     scores = torch.addmm(flat.square().sum(1, keepdim=True), flat, Xt, alpha=-2)  # (b*k, n)
-    return scores.view(b, k, -1).argmin(1)                                     # (b, n)
+    # argmin along a contiguous last axis: on the CPU about 20x faster than along the strided k axis
+    return scores.view(b, k, -1).transpose(1, 2).contiguous().argmin(-1)      # (b, n)
 
 
 def _means(X: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -101,13 +102,18 @@ def _means(X: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor) -> torc
     return torch.where(counts > 0, sums / counts.clamp_min(1), centres)
 
 
-def _lloyd(X: torch.Tensor, centres: torch.Tensor, max_iter: int, tol: float, history: bool):
-    """Run Lloyd's iterations for a batch of restarts. ``X (n, d)``, ``centres (b, k, d)``.
+def lloyd(X: torch.Tensor, centres: torch.Tensor, *, max_iter: int = 300, tol: float = 0.0, history: bool = False):
+    """Run Lloyd's iterations for a batch of restarts. ``X (n, d)``, ``centres (b, k, d)``, same device and dtype.
 
     Each iteration is the update step (km-update) followed by the assignment step (km-assign); a
     restart stops when its labels no longer change or its centres move by at most ``tol`` (squared
     Frobenius norm). Finished restarts are carried along unchanged while others still move.
+
+    Returns ``(centres (b, k, d), labels (b, n), inertia (b,), n_iter (b,), trace)``, where ``trace``
+    is the list of every iteration's ``(centres, labels)`` if ``history`` else ``None``.
     """
+    X = _checks.tensor(X, "X", ndim=2, floating=True)
+    centres = _checks.tensor(centres, "centres", ndim=3, last_dim=X.shape[1], floating=True)
     b = centres.shape[0]
     Xt = X.T.contiguous()                                                        # (d, n)
     labels = _assign(Xt, centres)                                                 # (b, n)
@@ -132,7 +138,7 @@ def _lloyd(X: torch.Tensor, centres: torch.Tensor, max_iter: int, tol: float, hi
 
 
 class KMeans:
-    """k-means clustering: minimise the inertia (km-inertia) by Lloyd's coordinate descent.
+    """k-means clustering: minimise the inertia (km-inertia) by Lloyd's coordinate descent (km-assign, km-update).
 
     Args:
         n_clusters: number of clusters ``k``.
@@ -183,12 +189,14 @@ class KMeans:
     def fit(self, X, y=None) -> "KMeans":
         X = _as_data(X, device=self.device)
         C0 = self._initial_centres(X)                                            # (b, k, d)
-        centres, labels, inertia, n_iter, trace = _lloyd(X, C0, self.max_iter, self.tol, self.keep_history)
+        mean = X.mean(0)              # work on centred data: |c|^2 - 2 c.x then loses fewer digits
+        centres, labels, inertia, n_iter, trace = lloyd(X - mean, C0 - mean, max_iter=self.max_iter,
+                                                        tol=self.tol, history=self.keep_history)
         best = int(inertia.argmin())
-        self.cluster_centers_, self.labels_ = centres[best], labels[best]
+        self.cluster_centers_, self.labels_ = centres[best] + mean, labels[best]
         self.inertia_, self.n_iter_ = float(inertia[best]), int(n_iter[best])
         self.n_features_in_ = X.shape[1]
-        self.history_ = [(c[best], l[best]) for c, l in trace] if trace is not None else None
+        self.history_ = [(c[best] + mean, l[best]) for c, l in trace] if trace is not None else None
         return self
 
     def predict(self, X) -> torch.Tensor:
@@ -217,7 +225,7 @@ LINKAGES = ("single", "complete", "average", "ward")
 
 
 def _lance_williams(method: str, d_ki, d_kj, d_ij, n_i, n_j, n_k):
-    """Distance from cluster k to the union of i and j (eqs. hc-single, hc-complete, hc-average, hc-ward)."""
+    """Distance from cluster k to the union of i and j: implements (hc-lw-minmax), (hc-lw-average), (hc-ward)."""
     if method == "single":
         return torch.minimum(d_ki, d_kj)
     if method == "complete":
@@ -234,7 +242,8 @@ def linkage(X, method: str = "ward", *, device=None) -> torch.Tensor:
 
     Starts from the Euclidean distances between points and repeatedly merges the closest pair of
     clusters, updating distances to the merged cluster by the Lance-Williams formula of ``method``
-    (``"single"``, ``"complete"``, ``"average"`` or ``"ward"``; eqs. hc-single to hc-ward). Row ``t``
+    (``"single"``, ``"complete"``, ``"average"`` or ``"ward"``: linkages hc-single to hc-average and
+    Ward's, updated by eqs. hc-lw-minmax, hc-lw-average, hc-ward). Row ``t``
     of the result is ``[a, b, height, size]``: clusters ``a < b`` merged at ``height`` into a cluster of
     ``size`` points that gets id ``n + t`` (points are ids ``0 .. n-1``), the layout of
     ``scipy.cluster.hierarchy.linkage``. Cost: ``O(n^2)`` memory, ``O(n^3)`` time (fine up to a few
@@ -329,7 +338,7 @@ class AgglomerativeClustering:
 # --------------------------------------------------------------------------- PCA
 
 class PCA:
-    """Principal component analysis (eqs. pca-maxvar, pca-svd): project onto the top right-singular vectors.
+    """Principal component analysis: solves (pca-maxvar) by (pca-svd) or (pca-eig); codes by (pca-project).
 
     Args:
         n_components: an integer ``1 .. min(n_samples, n_features)``; a float in ``(0, 1)``, the smallest
