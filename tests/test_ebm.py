@@ -282,3 +282,9 @@ def test_implicit_regressor_rejects_bad_settings():
         ebm.ImplicitRegressor(n_counter=0).fit(torch.zeros(4, 1), torch.zeros(4))
     with pytest.raises(ValueError, match="inference must be one of"):
         ebm.ImplicitRegressor(inference="newton").fit(torch.zeros(4, 1), torch.zeros(4))
+
+
+def test_energy_score_of_an_unconditional_energy():
+    score = ebm.energy_score(lambda y: (y**2).sum(-1) / 2, None, temperature=2.0)
+    y = t64([[1.0, -3.0]])
+    torch.testing.assert_close(score(y), -y / 2.0)

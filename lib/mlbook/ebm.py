@@ -128,13 +128,15 @@ def energy_score(energy: Callable, x: torch.Tensor, temperature: float = 1.0) ->
     """grad_y log p(y | x) = -grad_y E(x, y) / T as a function of y alone (for :func:`mlbook.sde.langevin`).
 
     ``y`` may be ``(n, dy)`` or ``(n, m, dy)``; the gradient is taken by autograd, also inside ``no_grad``.
+    With ``x=None`` the energy is unconditional and is called as ``energy(y)``.
     """
     temperature = _checks.real(temperature, "temperature", positive=True)
 
     def score(y: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
             yg = y.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(energy(x, yg).sum(), yg)
+            e = energy(yg) if x is None else energy(x, yg)
+            (grad,) = torch.autograd.grad(e.sum(), yg)
         return -grad / temperature
 
     return score
