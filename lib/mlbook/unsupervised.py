@@ -49,7 +49,7 @@ def squared_distances(X: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
 
 def kmeans_plusplus(X: torch.Tensor, n_clusters: int, *, n_init: int = 1,
                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """k-means++ seeding (eq. km-pp) for ``n_init`` independent restarts at once.
+    """k-means++ seeding for ``n_init`` independent restarts at once. Implements (km-pp).
 
     The first centre of each restart is a uniformly random row of ``X``; every next one is a row drawn
     with probability proportional to its squared distance to the nearest centre chosen so far. The
@@ -80,7 +80,7 @@ def kmeans_plusplus(X: torch.Tensor, n_clusters: int, *, n_init: int = 1,
 
 
 def _assign(Xt: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """Nearest centre of every point for every restart (eq. km-assign): ``(b, n)`` labels.
+    """Nearest centre of every point for every restart: ``(b, n)`` labels. Implements (km-assign).
 
     ``Xt`` is the data transposed, ``(d, n)`` (that layout makes the product about twice as fast on
     the CPU). Minimises ``|c|^2 - 2 c.x`` (the ``|x|^2`` term is the same for every centre), with one
@@ -94,7 +94,7 @@ def _assign(Xt: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
 
 
 def _means(X: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """Mean of the points of each cluster (eq. km-update); an empty cluster keeps its centre."""
+    """Mean of the points of each cluster; an empty cluster keeps its centre. Implements (km-update)."""
     b, k, d = centres.shape
     onehot = (labels.unsqueeze(1) == torch.arange(k, device=X.device).view(1, k, 1)).to(X.dtype)  # (b, k, n)
     sums = (onehot.reshape(b * k, -1) @ X).view(b, k, d)                          # a matmul: deterministic on GPU
@@ -138,7 +138,7 @@ def lloyd(X: torch.Tensor, centres: torch.Tensor, *, max_iter: int = 300, tol: f
 
 
 class KMeans:
-    """k-means clustering: minimise the inertia (km-inertia) by Lloyd's coordinate descent (km-assign, km-update).
+    """k-means clustering: Lloyd's coordinate descent on the inertia (km-inertia). Implements (km-assign), (km-update).
 
     Args:
         n_clusters: number of clusters ``k``.
@@ -200,7 +200,7 @@ class KMeans:
         return self
 
     def predict(self, X) -> torch.Tensor:
-        """Index of the nearest centre for each row (eq. km-assign)."""
+        """Index of the nearest centre for each row. Implements (km-assign)."""
         _checks.fitted(self, "cluster_centers_")
         X = _as_data(X, n_features=self.n_features_in_, device=self.cluster_centers_.device)
         return squared_distances(X, self.cluster_centers_).argmin(-1)
@@ -225,7 +225,7 @@ LINKAGES = ("single", "complete", "average", "ward")
 
 
 def _lance_williams(method: str, d_ki, d_kj, d_ij, n_i, n_j, n_k):
-    """Distance from cluster k to the union of i and j: implements (hc-lw-minmax), (hc-lw-average), (hc-ward)."""
+    """Distance from cluster k to the union of i and j. Implements (hc-lw-minmax), (hc-lw-average), (hc-ward)."""
     if method == "single":
         return torch.minimum(d_ki, d_kj)
     if method == "complete":
@@ -242,9 +242,9 @@ def linkage(X, method: str = "ward", *, device=None) -> torch.Tensor:
 
     Starts from the Euclidean distances between points and repeatedly merges the closest pair of
     clusters, updating distances to the merged cluster by the Lance-Williams formula of ``method``
-    (``"single"``, ``"complete"``, ``"average"`` or ``"ward"``: linkages hc-single to hc-average and
-    Ward's, updated by eqs. hc-lw-minmax, hc-lw-average, hc-ward). Row ``t``
-    of the result is ``[a, b, height, size]``: clusters ``a < b`` merged at ``height`` into a cluster of
+    (``"single"``, ``"complete"``, ``"average"`` or ``"ward"``). Implements (hc-lw-minmax),
+    (hc-lw-average) and (hc-ward), the updates of the linkages (hc-single) to (hc-average) and of
+    Ward's criterion (hc-ward-delta). Row ``t`` of the result is ``[a, b, height, size]``: clusters ``a < b`` merged at ``height`` into a cluster of
     ``size`` points that gets id ``n + t`` (points are ids ``0 .. n-1``), the layout of
     ``scipy.cluster.hierarchy.linkage``. Cost: ``O(n^2)`` memory, ``O(n^3)`` time (fine up to a few
     thousand points). Ties are broken towards the lowest pair of current positions.
@@ -338,7 +338,7 @@ class AgglomerativeClustering:
 # --------------------------------------------------------------------------- PCA
 
 class PCA:
-    """Principal component analysis: solves (pca-maxvar) by (pca-svd) or (pca-eig); codes by (pca-project).
+    """Principal component analysis, the solution of (pca-maxvar). Implements (pca-svd), (pca-eig), (pca-ratio).
 
     Args:
         n_components: an integer ``1 .. min(n_samples, n_features)``; a float in ``(0, 1)``, the smallest
@@ -405,7 +405,7 @@ class PCA:
         return min(int((cumulative < self.n_components).sum()) + 1, limit)
 
     def transform(self, X) -> torch.Tensor:
-        """Coordinates ``z = V^T (x - mean)`` of each row on the components (eq. pca-project), ``(n, m)``."""
+        """Coordinates ``z = V^T (x - mean)`` of each row on the components, ``(n, m)``. Implements (pca-project)."""
         _checks.fitted(self, "components_")
         X = _as_data(X, n_features=self.n_features_in_, device=self.mean_.device)
         return (X - self.mean_) @ self.components_.T
@@ -414,7 +414,7 @@ class PCA:
         return self.fit(X).transform(X)
 
     def inverse_transform(self, Z) -> torch.Tensor:
-        """Reconstruction ``mean + V z`` (eq. pca-reconstruct) from ``(n, m)`` coordinates."""
+        """Reconstruction ``mean + V z`` from ``(n, m)`` coordinates. Implements (pca-reconstruct)."""
         _checks.fitted(self, "components_")
         Z = _as_data(Z, "Z", n_features=self.n_components_, device=self.mean_.device)
         return Z @ self.components_ + self.mean_
