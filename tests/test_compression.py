@@ -293,3 +293,21 @@ def test_mlp_and_accuracy_checks():
     net = C.mlp(4, 2)
     with pytest.raises(ValueError, match="same number of rows"):
         C.accuracy(net, torch.randn(3, 4), torch.zeros(2, dtype=torch.long))
+
+
+def test_distilling_an_ensemble_average_equals_averaging_the_losses():
+    # Proposition comp-ensemble: mean_m KL(p_m || q) - KL(mean_m p_m || q) does not depend on the student.
+    T = 3.0
+    members = torch.randn(4, 5, 6, generator=gen(14), dtype=torch.float64)       # (M, n, C) logits
+    p_bar = torch.softmax(members / T, -1).mean(0)                                # (n, C)
+    as_logits = T * p_bar.log()                     # softmax(as_logits / T) = p_bar exactly
+    gaps, grads = [], []
+    for seed in (15, 16):
+        s = torch.randn(5, 6, generator=gen(seed), dtype=torch.float64, requires_grad=True)
+        each = torch.stack([C.distillation_loss(s, v, temperature=T) for v in members]).mean()
+        gap = each - C.distillation_loss(s, as_logits, temperature=T)
+        (g,) = torch.autograd.grad(gap, s)
+        gaps.append(float(gap.detach()))
+        grads.append(g)
+    assert gaps[0] == pytest.approx(gaps[1], abs=1e-12) and gaps[0] >= 0
+    assert float(grads[0].abs().max()) < 1e-12
