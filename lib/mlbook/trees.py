@@ -29,7 +29,7 @@ import torch
 from . import _checks
 from .device import get_device
 
-__all__ = ["Gini", "SquaredError", "Newton", "Tree", "bin_edges", "grow", "apply",
+__all__ = ["Gini", "SquaredError", "Newton", "Tree", "bin_edges", "grow", "apply", "decision_path",
            "DecisionTreeClassifier", "DecisionTreeRegressor"]
 
 _EPS = torch.finfo(torch.float64).eps
@@ -55,8 +55,11 @@ class Gini:
 
     @staticmethod
     def score(s: torch.Tensor) -> torch.Tensor:
-        tot = s.sum(-1)
-        return (s * s).sum(-1) / tot.clamp_min(1e-300)
+        tot, sq = s[..., 0].clone(), s[..., 0] * s[..., 0]
+        for k in range(1, s.shape[-1]):        # K is small: columns beat a reduction over a short last axis
+            tot += s[..., k]
+            sq += s[..., k] * s[..., k]
+        return sq / tot.clamp_min(1e-300)
 
     def gain(self, left, right, parent):
         return self.score(left) + self.score(right) - self.score(parent)
@@ -350,6 +353,21 @@ def apply(tree: Tree, X: torch.Tensor) -> torch.Tensor:
         nxt = torch.where(x <= tree.threshold[node], tree.left[node], tree.right[node])
         node = torch.where(inner, nxt, node)
     return node
+
+
+def decision_path(tree: Tree, X: torch.Tensor) -> torch.Tensor:
+    """``(n, nodes)`` boolean: whether row ``i`` passes through node ``j`` (in any of the trees)."""
+    node = tree.roots[None, :].expand(X.shape[0], -1).clone()
+    path = torch.zeros(X.shape[0], len(tree.feature), dtype=torch.bool, device=X.device)
+    rows = torch.arange(X.shape[0], device=X.device)[:, None].expand_as(node)
+    path[rows, node] = True
+    for _ in range(tree.depth):
+        f = tree.feature[node]
+        x = X.gather(1, f.clamp_min(0))
+        nxt = torch.where(x <= tree.threshold[node], tree.left[node], tree.right[node])
+        node = torch.where(f >= 0, nxt, node)
+        path[rows, node] = True
+    return path
 
 
 # ---------------------------------------------------------------------------------- estimators
