@@ -90,6 +90,22 @@ def test_kmeans_plusplus_with_duplicate_points_does_not_fail():
     assert torch.equal(C, torch.ones(1, 3, 2, dtype=torch.float64))
 
 
+def test_both_ways_of_summing_clusters_agree():
+    X = torch.as_tensor(np.random.default_rng(9).normal(size=(40, 3)))
+    labels = torch.randint(5, (3, 40), generator=gen(0))
+    labels[:, :5] = torch.arange(5)                                                # every cluster non-empty
+    labels[2] = labels[2].clamp(max=3)                                           # restart 2: cluster 4 empty
+    centres = torch.zeros(3, 5, 3, dtype=torch.float64)
+    a = U._means(X, labels, centres, index_add=True)
+    b = U._means(X, labels, centres, index_add=False)                            # the GPU path
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for r in range(3):
+        for j in range(5):
+            members = X[labels[r] == j]
+            want = members.mean(0) if len(members) else centres[r, j]
+            torch.testing.assert_close(a[r, j], want, rtol=1e-12, atol=1e-12)
+
+
 def test_kmeans_empty_cluster_keeps_its_centre():
     km = U.KMeans(2, init=t64([[0.0, 0.5], [100.0, 100.0]])).fit(POINTS[:2])
     assert km.labels_.tolist() == [0, 0]

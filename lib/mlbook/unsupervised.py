@@ -93,12 +93,25 @@ def _assign(Xt: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     return scores.view(b, k, -1).transpose(1, 2).contiguous().argmin(-1)      # (b, n)
 
 
-def _means(X: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """Mean of the points of each cluster; an empty cluster keeps its centre. Implements (km-update)."""
+def _means(X: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor, *, index_add: bool | None = None) -> torch.Tensor:
+    """Mean of the points of each cluster; an empty cluster keeps its centre. Implements (km-update).
+
+    On the CPU the per-cluster sums are an ``index_add_`` (several times faster there); elsewhere a
+    one-hot matrix product, which unlike a scatter-add is deterministic on a GPU. ``index_add``
+    forces one or the other (``None``: choose by device).
+    """
     b, k, d = centres.shape
-    onehot = (labels.unsqueeze(1) == torch.arange(k, device=X.device).view(1, k, 1)).to(X.dtype)  # (b, k, n)
-    sums = (onehot.reshape(b * k, -1) @ X).view(b, k, d)                          # a matmul: deterministic on GPU
-    counts = onehot.sum(-1, keepdim=True)                                        # (b, k, 1)
+    if index_add is None:
+        index_add = X.device.type == "cpu"
+    if index_add:
+        flat = (labels + k * torch.arange(b, device=X.device).unsqueeze(1)).reshape(-1)   # (b*n,) cluster ids
+        rows = X if b == 1 else X.repeat(b, 1)                                   # (b*n, d)
+        sums = torch.zeros(b * k, d, dtype=X.dtype, device=X.device).index_add_(0, flat, rows).view(b, k, d)
+        counts = torch.bincount(flat, minlength=b * k).view(b, k, 1).to(X.dtype)
+    else:
+        onehot = (labels.unsqueeze(1) == torch.arange(k, device=X.device).view(1, k, 1)).to(X.dtype)  # (b, k, n)
+        sums = (onehot.reshape(b * k, -1) @ X).view(b, k, d)
+        counts = onehot.sum(-1, keepdim=True)                                    # (b, k, 1)
     return torch.where(counts > 0, sums / counts.clamp_min(1), centres)
 
 
