@@ -14,7 +14,7 @@ import torch
 
 import math
 
-from . import _checks, ode
+from . import _checks, ode, sde
 from .diffusion import EDM, NoiseProcess, _col
 from .train import progress
 
@@ -115,7 +115,8 @@ def sample_langevin(score, process, x, ts, *, generator=None, callback=None, sho
 
     A single time in ``ts`` gives plain Langevin dynamics, eq. (score-langevin), at that level.
 
-    At each level, ``n_steps`` updates x <- x + eta/2 score + sqrt(eta) z with eta = step_scale * sigma_t^2.
+    At each level, ``n_steps`` updates x <- x + eta/2 score + sqrt(eta) z with eta = step_scale * sigma_t^2:
+    the energy-based chapter's :func:`mlbook.sde.langevin` run on the score of that level.
     ``denoise`` ends with Tweedie's estimate of x_0 at the last level, removing its residual noise.
     """
     ts = _setup(score, process, x, ts, allow_single=True)    # one level: plain Langevin
@@ -124,9 +125,8 @@ def sample_langevin(score, process, x, ts, *, generator=None, callback=None, sho
     levels = range(len(ts))
     for i in progress(levels, desc="Langevin", enabled=show_progress):
         t = _t(ts[i], x)
-        eta = step_scale * _col(process.sigma(t), x) ** 2
-        for _ in range(n_steps):
-            x = x + 0.5 * eta * score(x, t) + eta.sqrt() * _noise(x, generator)
+        eta = step_scale * float(process.sigma(ts[i])) ** 2
+        x = sde.langevin(lambda y: score(y, t), x, eta, n_steps, generator=generator)
         if callback is not None and i > 0:
             callback(i - 1, float(ts[i]), x)
     if denoise:
