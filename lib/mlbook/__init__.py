@@ -4,14 +4,22 @@ Modules are flat and named after what they hold:
 
 - ``device``: where tensors live (``get_device``), seeding (``seed_all``), device-independent draws
 - ``data``: toy 2-D distributions with exact densities, scikit-learn's bundled data sets
-- ``metrics``: sample-quality metrics (MMD, sliced Wasserstein) and their noise floor
+- ``metrics``: sample-quality metrics (MMD, sliced Wasserstein, W1 to an exact CDF) and their noise floor
 - ``train``: the one training loop, and progress bars
 - ``widgets``: the one widget helper (``slider_plot``), live in Jupyter and in the static book
 - ``plot``, ``report``: plot defaults and drawing helpers; text tables and timers
 - ``nets``: small networks (a time-conditioned MLP)
 - ``ode``: fixed-step ODE solvers, divergences, ODE log-likelihoods (diffusion and flows chapters)
-- ``sde``: SDE simulation and a 1-D Fokker-Planck solver
+- ``sde``: SDE simulation, unadjusted Langevin dynamics, a 1-D Fokker-Planck solver
 - ``kl``: chapter "Approximating KL divergence"
+- ``trees``, ``ensembles``: CART trees; bagging, random forests, AdaBoost, gradient and second-order boosting
+- ``svm``: hinge loss, linear SVM, kernels and the SMO dual solver
+- ``unsupervised``: k-means, agglomerative clustering, PCA
+- ``meta``: the sinusoid task family, MAML, first-order MAML, Reptile
+- ``compression``: pruning masks and lottery tickets, distillation, int8 quantization
+- ``flows``: coupling flows, continuous flows, flow matching and rectified flow
+- ``ebm``: energy MLPs, InfoNCE, derivative-free and Langevin inference
+- ``alignment``: Bradley-Terry rewards, KL-regularised policies, RLHF, DPO, GRPO
 - ``diffusion``: noise processes (VP, VE, DDPM, EDM), parameterisations, the exact mixture score, losses
 - ``sampling``: diffusion samplers with one shared signature, and guidance
 """
