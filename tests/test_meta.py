@@ -59,8 +59,10 @@ def test_predict_zero_mse_closed_form_and_monte_carlo():
 
 
 def test_pretrained_mse_is_the_error_of_the_task_average():
-    # E[y | x] = -(2/pi) E[A] cos x; its MSE is E[A^2]/2 - 2 E[A]^2/pi^2.
-    _, _, xq, yq = meta.task_batch(20_000, 1, 20, generator=gen(6), device="cpu", dtype=torch.float64)
+    # E[y | x] = -(2/pi) E[A] cos x; its MSE is E[A^2]/2 - (4/pi^2) E[A]^2 E[cos^2 x].
+    assert meta.pretrained_mse() == pytest.approx(
+        25.51 / 6 - 4 / math.pi ** 2 * 2.55 ** 2 * (0.5 + math.sin(10) / 20), rel=1e-14)
+    _, _, xq, yq = meta.task_batch(100_000, 1, 20, generator=gen(6), device="cpu", dtype=torch.float64)
     err = (yq + 2 / math.pi * 2.55 * torch.cos(xq)).pow(2).mean(dim=(1, 2))
     se = float(err.std()) / math.sqrt(len(err))
     assert abs(float(err.mean()) - meta.pretrained_mse()) < 4 * se

@@ -94,12 +94,15 @@ def predict_zero_mse() -> float:
 
 
 def pretrained_mse() -> float:
-    """Exact MSE of the best single function (the task-average E[y | x] = -(2/pi) E[A] cos x).
+    """Exact MSE of the best single function, the task average E[y | x] = -(2/pi) E[A] cos x.
 
-    Implements (meta-pretrain-mse): E[A^2]/2 - 2 E[A]^2 / pi^2, the floor of pre-training on pooled tasks.
+    Implements (meta-pretrain-mse): E[A^2]/2 - (2/pi^2) E[A]^2 (1 + sin(2c)/(2c)) for x ~ U[-c, c],
+    the floor that pre-training on pooled tasks can reach before any fine-tuning.
     """
     mean_a = sum(AMPLITUDE) / 2
-    return predict_zero_mse() - 2 * mean_a ** 2 / math.pi ** 2
+    c = X_RANGE[1]
+    mean_cos_sq = (1 + math.sin(2 * c) / (2 * c)) / 2          # E[cos^2 x], x ~ U[-c, c]
+    return predict_zero_mse() - 4 / math.pi ** 2 * mean_a ** 2 * mean_cos_sq
 
 
 # ------------------------------------------------------------------ the functional network
