@@ -420,8 +420,7 @@ def grpo_fixed_point(ref_logp: torch.Tensor, reward: torch.Tensor, beta: float, 
         if float(f.abs().max()) < tol:
             break
         jac = torch.autograd.functional.jacobian(stationarity, theta)          # (K, K), singular along 1
-        step = torch.linalg.lstsq(jac, -f[:, None], driver="gelsd" if jac.device.type == "cpu" else None)
-        step = step.solution[:, 0]
+        step = -torch.linalg.pinv(jac) @ f                         # least-norm step: ignores the shift
         scale = 1.0
         while scale > 1e-4:                                        # halve until the residual falls
             f_new = stationarity(theta + scale * step)
