@@ -104,9 +104,10 @@ def _means(X: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor, *, inde
     if index_add is None:
         index_add = X.device.type == "cpu"
     if index_add:
+        sums = torch.zeros(b, k, d, dtype=X.dtype, device=X.device)
+        for r in range(b):                                   # one pass over X per restart, no copies
+            sums[r].index_add_(0, labels[r], X)
         flat = (labels + k * torch.arange(b, device=X.device).unsqueeze(1)).reshape(-1)   # (b*n,) cluster ids
-        rows = X if b == 1 else X.repeat(b, 1)                                   # (b*n, d)
-        sums = torch.zeros(b * k, d, dtype=X.dtype, device=X.device).index_add_(0, flat, rows).view(b, k, d)
         counts = torch.bincount(flat, minlength=b * k).view(b, k, 1).to(X.dtype)
     else:
         onehot = (labels.unsqueeze(1) == torch.arange(k, device=X.device).view(1, k, 1)).to(X.dtype)  # (b, k, n)
