@@ -271,3 +271,19 @@ def test_tensor_input_keeps_its_device_and_results_are_float64():
     X = torch.randn(20, 3, generator=gen(0))                                     # float32 on the CPU
     pca = U.PCA(2).fit(X)
     assert pca.components_.dtype == torch.float64 and pca.components_.device == X.device
+
+
+def test_kmeans_score_and_fit_predict(blobs):
+    km = U.KMeans(4, init=blobs[:4])
+    labels = km.fit_predict(blobs)
+    assert torch.equal(labels, km.labels_) and torch.equal(km.predict(blobs), labels)
+    assert km.score(blobs) == pytest.approx(-km.inertia_, rel=1e-12)
+
+
+def test_pca_wide_data_both_solvers_agree():
+    X = np.random.default_rng(10).normal(size=(8, 20))                           # fewer rows than columns
+    a, b = U.PCA(solver="svd").fit(X), U.PCA(solver="eigh").fit(X)
+    assert a.n_components_ == b.n_components_ == 8
+    np.testing.assert_allclose(a.explained_variance_ratio_[:7].numpy(), b.explained_variance_ratio_[:7].numpy(), rtol=1e-8)
+    np.testing.assert_allclose(a.components_[:7].numpy(), b.components_[:7].numpy(), atol=1e-7)
+    assert float(a.explained_variance_ratio_[7]) < 1e-12                          # rank n - 1 after centring
