@@ -152,3 +152,14 @@ def test_bad_targets_and_parameters_raise():
         trees.DecisionTreeClassifier(max_depth=0)
     with pytest.raises(ValueError, match="splitter"):
         trees.DecisionTreeClassifier(splitter="random")
+
+
+def test_decision_path_marks_root_inner_node_and_leaf():
+    clf = trees.DecisionTreeClassifier().fit(X4, Y4)
+    path = trees.decision_path(clf.tree_, torch.tensor([[0.0], [3.0]], dtype=torch.float64))
+    assert path.tolist() == [[True, True, False], [True, False, True]]
+
+
+def test_classifier_rejects_nan_labels():
+    with pytest.raises(ValueError, match="integer class labels"):
+        trees.DecisionTreeClassifier().fit(X4, [0.0, math.nan, 1.0, 1.0])

@@ -75,7 +75,8 @@ class Gini:
 
 
 class SquaredError:
-    """Regression: statistics ``[w, w y, w y^2]``; score ``(sum w y)^2 / sum w``; leaf value: the weighted mean."""
+    """Regression: statistics ``[w, w y, w y^2]``; score ``(sum w y)^2 / sum w``, so the gain is
+    eq. (ens-sse-gain); leaf value: the weighted mean."""
 
     min_gain = -math.inf
 
@@ -205,11 +206,9 @@ def _search_sorted(codes, B, s1, criterion, idx, nid, tot, can, allowed, min_lea
         L = s1[rows][order].cumsum(0) - before[snode]                # (s, dj, m+1) left child at each cut
         P = tot[snode]
         R = P - L
-        last = torch.zeros_like(snode, dtype=torch.bool)
-        last[-1] = True
-        boundary = torch.cat([(snode[1:] != snode[:-1]) | (scode[1:] != scode[:-1]), last[:1]], 0)
-        ok = (boundary & ~last.expand_as(boundary) & (snode == torch.cat([snode[1:], snode[-1:]], 0))
-              & (L[..., -1] >= min_leaf) & (R[..., -1] >= min_leaf))
+        cut = torch.zeros_like(snode, dtype=torch.bool)              # a cut after row p: next row is in
+        cut[:-1] = (snode[1:] == snode[:-1]) & (scode[1:] != scode[:-1])   # the same node, with a new value
+        ok = cut & (L[..., -1] >= min_leaf) & (R[..., -1] >= min_leaf)
         if allowed is not None:
             ok &= allowed[snode, J]
         g = criterion.gain(L[..., :-1], R[..., :-1], P[..., :-1])
