@@ -248,6 +248,7 @@ def test_every_notebook_slider_switches_frames(server, browser, path):
                                             arg=[slider.element_handle(), before])
                 assert frame.get_attribute("src") != before_src, f"slider {r} of widget {k} left the figure unchanged"
         name = path.split("/")[-1].replace(".html", "")
+        sliders.first.scroll_into_view_if_needed()        # a clip is in viewport coordinates
         page.screenshot(f"{name}-widget.png", clip=sliders.first.bounding_box())
         _assert_clean(page)
     finally:
