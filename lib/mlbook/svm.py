@@ -281,7 +281,8 @@ class LinearSVM(_BinaryClassifier):
             w = w.detach().requires_grad_(True)
             b = b.detach().requires_grad_(True)
             obj = primal_objective(w, b, X, ypm, self.C, self.loss)
-            # autograd returns a valid subgradient of the hinge: 0 at the kink, -y_i x_i inside the margin
+            # autograd returns a valid subgradient of the hinge: -y_i x_i inside the margin and at the kink
+            # z_i = 1 (torch.clamp passes the gradient at its bound), 0 outside
             gw, gb = torch.autograd.grad(obj, (w, b))
             value = float(obj.detach())
             history.append(value)
