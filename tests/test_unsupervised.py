@@ -251,6 +251,7 @@ def test_pca_fractional_n_components():
     (lambda: U.PCA(solver="qr"), ValueError, "solver must be one of"),
     (lambda: U.PCA().fit([[1.0, 2.0]]), ValueError, "at least 2 samples"),
     (lambda: U.PCA().fit([[1.0, np.inf], [0.0, 0.0]]), ValueError, "NaN or infinite"),
+    (lambda: U.PCA(0.9).fit(np.ones((5, 3))), ValueError, "zero variance"),
 ])
 def test_pca_rejects_bad_input(make, error, message):
     with pytest.raises(error, match=message):

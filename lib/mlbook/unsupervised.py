@@ -403,6 +403,8 @@ class PCA:
         rows = torch.arange(Vt.shape[0], device=Vt.device)
         signs = torch.sign(Vt[rows, Vt.abs().argmax(1)])
         Vt = Vt * torch.where(signs == 0, 1.0, signs).unsqueeze(1)
+        if not float(variance.sum()) > 0:
+            raise ValueError("X has zero variance (every row is the same): explained-variance ratios are undefined")
         ratio = variance / variance.sum()
         m = self._count(ratio, limit)
         self.components_, self.explained_variance_ = Vt[:m], variance[:m]
