@@ -54,7 +54,7 @@ def test_affine_logdet_is_the_sum_of_log_scales():
     layer = _randomise(flows.AffineCoupling([0, 1], hidden=8).double())
     x = torch.randn(5, 2, generator=gen(), dtype=torch.float64)
     y, logdet = layer(x)
-    # only coordinate 0 changes, by the factor exp(s): recover s from two points with the same x[1]
+    # mask [0, 1]: only coordinate 0 is scaled, so log|det| is its log-scale s_0 and s_1 is masked to zero
     s, _ = layer._params(x * layer.mask.double())
     assert torch.allclose(logdet, s[:, 0]) and torch.equal(s[:, 1], torch.zeros(5, dtype=torch.float64))
 
