@@ -159,3 +159,16 @@ def test_binary_losses_reject_three_classes_and_bad_parameters():
         E.NewtonBoostingRegressor(lam=-1.0)
     with pytest.raises(ValueError, match="at least two classes"):
         E.AdaBoostClassifier(2).fit(X, np.zeros(30, dtype=int))
+
+
+def test_newton_boosting_without_l2_penalty_stays_finite():
+    # lam = 0 on separable data: p saturates to 0 or 1, so h = p (1 - p) and children's H reach 0;
+    # leaves must not become 0/0 = nan, and gains must not become G^2 / 0 ~ 1e250
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(300, 4, generator=g, dtype=torch.float64)
+    y = (X[:, 0] + 0.2 * torch.rand(300, generator=g, dtype=torch.float64) > 0.6).long()
+    m = E.NewtonBoostingClassifier(60, lam=0.0, max_depth=3, learning_rate=1.0).fit(X, y)
+    assert torch.isfinite(m.ensemble_.value).all()
+    assert float(torch.nan_to_num(m.ensemble_.gain, nan=0.0).max()) < 1e3
+    assert torch.isfinite(m.predict_proba(X)).all()
+    assert float((m.predict(X) == y).double().mean()) == 1.0

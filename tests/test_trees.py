@@ -163,3 +163,19 @@ def test_decision_path_marks_root_inner_node_and_leaf():
 def test_classifier_rejects_nan_labels():
     with pytest.raises(ValueError, match="integer class labels"):
         trees.DecisionTreeClassifier().fit(X4, [0.0, math.nan, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("cls", [trees.DecisionTreeClassifier, trees.DecisionTreeRegressor])
+def test_near_zero_weights_do_not_blow_up_the_gain(cls):
+    # rows with weight 1e-17 (as AdaBoost produces) make a right child's sums parent - left pure
+    # rounding noise; the gain must stay below the parent's weighted impurity, not reach ~1e266
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        X = torch.rand(200, 5, generator=g, dtype=torch.float64)
+        y = (torch.rand(200, generator=g) < 0.5).long()
+        w = torch.rand(200, generator=g, dtype=torch.float64)
+        w[torch.rand(200, generator=g) < 0.3] = 1e-17
+        w /= w.sum()
+        target = y if cls is trees.DecisionTreeClassifier else y.double()
+        t = cls(max_depth=3).fit(X, target, sample_weight=w).tree_
+        assert float(torch.nan_to_num(t.gain, nan=0.0).max()) <= 1.0   # gain <= total weight (= 1)

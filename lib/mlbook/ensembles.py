@@ -155,6 +155,7 @@ def adaboost_bound(errors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Training-error bounds after each round: ``prod 2 sqrt(eps (1 - eps))`` and ``exp(-2 sum gamma^2)``.
 
     Implements (ens-ada-bound) with the weighted errors ``eps_t`` of the rounds, ``gamma_t = 1/2 - eps_t``.
+    The theorem behind it is for two classes and ``learning_rate=1`` (the loss-minimising alpha).
     """
     errors = torch.as_tensor(errors, dtype=torch.float64)
     product = torch.cumprod(2 * torch.sqrt(errors * (1 - errors)), 0)
@@ -203,8 +204,8 @@ class AdaBoostClassifier:
             weights.append(w.clone())
             trees.append(tree)
             errors.append(eps)
-            if eps <= 0:                     # a perfect learner: it decides alone
-                alphas.append(1.0)
+            if eps <= 0:                     # a perfect learner: weight 1 and stop, as scikit-learn does
+                alphas.append(1.0)           # (the theory's alpha is infinite; this one need not decide alone)
                 break
             alpha = self.learning_rate * (math.log((1 - eps) / eps) + math.log(K - 1))
             alphas.append(alpha)

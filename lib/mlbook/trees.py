@@ -34,6 +34,7 @@ __all__ = ["Gini", "SquaredError", "Newton", "Tree", "bin_edges", "grow", "apply
 
 _EPS = torch.finfo(torch.float64).eps
 _MAX_CELLS = 1 << 24          # (node, feature, bin, stat) cells summed per chunk of nodes
+_H_MIN = 1e-12                # Newton: a node with H + lam below this has no usable curvature
 
 
 # ---------------------------------------------------------------------------------- criteria
@@ -55,6 +56,10 @@ class Gini:
 
     @staticmethod
     def score(s: torch.Tensor) -> torch.Tensor:
+        # A right child is parent - left: when its true weights are ~0 (AdaBoost weights of 1e-17) the
+        # subtraction leaves rounding noise of either sign, and sq / tot of noise like [+a, -a] would be
+        # huge. Clamping at 0 keeps sq <= tot^2, so the score of such a child is at most its ~0 weight.
+        s = s.clamp_min(0)
         tot, sq = s[..., 0].clone(), s[..., 0] * s[..., 0]
         for k in range(1, s.shape[-1]):        # K is small: columns beat a reduction over a short last axis
             tot += s[..., k]
@@ -86,7 +91,11 @@ class SquaredError:
 
     @staticmethod
     def score(s):
-        return s[..., 1] ** 2 / s[..., 0].clamp_min(1e-300)
+        q = s[..., 1] ** 2 / s[..., 0].clamp_min(1e-300)
+        # Cauchy-Schwarz: q <= sum w y^2. Only a child whose weights are ~0 and whose sums are the
+        # rounding noise of parent - left breaks it (its q can be ~1e300); its score is then ~0.
+        sq = s[..., 2].clamp_min(0)
+        return torch.where(q > sq * (1 + 1e-6), sq, q)
 
     def gain(self, left, right, parent):
         return self.score(left) + self.score(right) - self.score(parent)
@@ -106,7 +115,8 @@ class Newton:
 
     Leaf weight ``-G / (H + lam)``, eq. (ens-xgb-leaf); split gain
     ``(G_L^2/(H_L+lam) + G_R^2/(H_R+lam) - G^2/(H+lam)) / 2 - gamma``, eq. (ens-xgb-gain); a node is
-    split only when that gain is positive.
+    split only when that gain is positive. Where ``H + lam < 1e-12`` (possible only with ``lam = 0``)
+    the leaf weight and the term ``G^2/(H+lam)`` are taken as 0 instead of dividing by ~0.
     """
 
     min_gain = 0.0
@@ -120,7 +130,10 @@ class Newton:
         return torch.stack([g, h], 1)
 
     def score(self, s):
-        return s[..., 0] ** 2 / (s[..., 1] + self.lam).clamp_min(1e-300)
+        # H is a sum of h >= 0. A child with H + lam ~ 0 (lam = 0 and saturated p, or a right child
+        # whose H = parent - left is rounding noise) would give G^2 / 0 ~ 1e300: score it 0 instead.
+        d = s[..., 1].clamp_min(0) + self.lam
+        return torch.where(d > _H_MIN, s[..., 0] ** 2 / d.clamp_min(_H_MIN), 0.0)
 
     def gain(self, left, right, parent):
         return 0.5 * (self.score(left) + self.score(right) - self.score(parent)) - self.gamma
@@ -130,7 +143,8 @@ class Newton:
         return torch.full(s.shape[:-1], math.inf, dtype=s.dtype, device=s.device)   # never "pure"
 
     def value(self, s):
-        return (-s[..., 0] / (s[..., 1] + self.lam))[..., None]
+        d = s[..., 1] + self.lam
+        return torch.where(d > _H_MIN, -s[..., 0] / d.clamp_min(_H_MIN), 0.0)[..., None]   # not 0/0 = nan
 
 
 # ---------------------------------------------------------------------------------- the tree
