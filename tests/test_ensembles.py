@@ -57,6 +57,9 @@ def test_bagging_regressor_averages_trees_and_predict_uses_the_first_n():
     vals = reg.tree_values(X)[..., 0]
     assert torch.allclose(reg.predict(X), vals.mean(1))
     assert torch.allclose(reg.predict(X, n_trees=3), vals[:, :3].mean(1))
+    for bad in (0, 11):                                  # an empty average would be nan, not an error
+        with pytest.raises(ValueError, match="n_trees"):
+            reg.predict(X, n_trees=bad)
 
 
 def test_adaboost_round_one_reweights_mistakes_to_half_the_mass():

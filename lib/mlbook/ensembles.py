@@ -99,6 +99,15 @@ class _Forest:
         X = self._check_X(X)
         return self.forest_.value[apply(self.forest_, X)]
 
+    def _first(self, n_trees):
+        """Slice of the first ``n_trees`` trees; ``None`` for all (0 trees would average to nan)."""
+        if n_trees is None:
+            return slice(None)
+        n_trees = _checks.integer(n_trees, "n_trees", minimum=1)
+        if n_trees > self.n_estimators:
+            raise ValueError(f"n_trees must be <= n_estimators = {self.n_estimators}, got {n_trees}")
+        return slice(n_trees)
+
     def _oob(self, X) -> tuple[torch.Tensor, torch.Tensor]:
         """Average over the trees whose bootstrap sample missed each row, eq. (ens-oob)."""
         vals = self.forest_.value[apply(self.forest_, X)]                 # (n, T, out)
@@ -124,7 +133,7 @@ class RandomForestClassifier(_Forest):
 
     def predict_proba(self, X, n_trees: int | None = None) -> torch.Tensor:
         """Mean of the trees' class proportions (the first ``n_trees`` trees if given)."""
-        return self.tree_values(X)[:, :n_trees].mean(1)
+        return self.tree_values(X)[:, self._first(n_trees)].mean(1)
 
     def predict(self, X, n_trees: int | None = None) -> torch.Tensor:
         proba = self.predict_proba(X, n_trees)
@@ -146,7 +155,7 @@ class RandomForestRegressor(_Forest):
         return self
 
     def predict(self, X, n_trees: int | None = None) -> torch.Tensor:
-        return self.tree_values(X)[:, :n_trees, 0].mean(1)
+        return self.tree_values(X)[:, self._first(n_trees), 0].mean(1)
 
 
 # ------------------------------------------------------------------------ AdaBoost
