@@ -129,3 +129,16 @@ def test_time_mlp_can_fit_a_time_dependent_target():
         loss.backward()
         opt.step()
     assert float(loss.detach()) < 0.05 * first                                # measured: 4e-4 of it
+
+
+def test_mlp_layers_activation_and_bad_sizes():
+    from torch import nn
+
+    from mlbook.nets import mlp
+
+    assert [type(m).__name__ for m in mlp(3, 8, 8, 2, activation=nn.SiLU)] == \
+        ["Linear", "SiLU", "Linear", "SiLU", "Linear"]
+    with pytest.raises(ValueError, match="at least an input and an output"):
+        mlp(3)
+    with pytest.raises(ValueError, match="sizes"):
+        mlp(3, 0)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import _checks
+from . import _checks, nets
 from .train import train
 
 __all__ = [
@@ -33,17 +33,8 @@ Masks = dict[str, torch.Tensor]
 
 # --------------------------------------------------------------------------- models
 
-def mlp(*sizes: int) -> nn.Sequential:
-    """A ReLU MLP with the given layer widths, e.g. ``mlp(64, 100, 10)``: Linear-ReLU-...-Linear."""
-    if len(sizes) < 2:
-        raise ValueError(f"mlp needs at least an input and an output size, got {sizes}")
-    sizes = [_checks.integer(s, "sizes", minimum=1) for s in sizes]
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+# The chapter's classifiers are plain ReLU MLPs: the library's one builder, re-exported here.
+mlp = nets.mlp
 
 
 @torch.no_grad()

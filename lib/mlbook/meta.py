@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from . import _checks
+from . import _checks, nets
 from .device import get_device
 
 __all__ = ["AMPLITUDE", "PHASE", "X_RANGE", "SineTasks", "sample_sine_tasks", "task_batch",
@@ -109,13 +109,7 @@ def pretrained_mse() -> float:
 
 def sine_mlp(hidden: tuple[int, ...] = (40, 40)) -> nn.Sequential:
     """The paper's regressor: 1 -> 40 -> 40 -> 1 with ReLU (``hidden`` changes the widths)."""
-    widths = (1, *(_checks.integer(h, "hidden width", minimum=1) for h in hidden), 1)
-    layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
-        layers.append(nn.Linear(n_in, n_out))
-        if i < len(widths) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+    return nets.mlp(1, *(_checks.integer(h, "hidden width", minimum=1) for h in hidden), 1)
 
 
 def check_task_batch(batch, name: str = "batch") -> tuple[torch.Tensor, ...]:

@@ -9,7 +9,20 @@ from torch import nn
 
 from . import _checks
 
-__all__ = ["TimeEmbedding", "TimeMLP"]
+__all__ = ["mlp", "TimeEmbedding", "TimeMLP"]
+
+
+def mlp(*sizes: int, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    """A plain MLP with the given layer widths, e.g. ``mlp(64, 100, 10)``: Linear-act-...-Linear."""
+    if len(sizes) < 2:
+        raise ValueError(f"mlp needs at least an input and an output size, got {sizes}")
+    sizes = [_checks.integer(s, "sizes", minimum=1) for s in sizes]
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
 
 
 class TimeEmbedding(nn.Module):
