@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _checks
+from . import _checks, nets
 from .kl import k3
 
 __all__ = ["TabularPolicy", "MLPPolicy", "RewardModel",
@@ -83,8 +83,7 @@ class MLPPolicy(nn.Module):
         self.context_dim = _checks.integer(context_dim, "context_dim", minimum=1)
         n_responses = _checks.integer(n_responses, "n_responses", minimum=2)
         hidden = _checks.integer(hidden, "hidden", minimum=1)
-        self.net = nn.Sequential(nn.Linear(self.context_dim, hidden), nn.SiLU(),
-                                 nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, n_responses))
+        self.net = nets.mlp(self.context_dim, hidden, hidden, n_responses, activation=nn.SiLU)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _checks.tensor(x, "x", ndim=2, last_dim=self.context_dim, floating=True)
@@ -107,8 +106,7 @@ class RewardModel(nn.Module):
             self.scores = nn.Parameter(torch.zeros(self.n_responses, dtype=torch.float64))
         else:
             hidden = _checks.integer(hidden, "hidden", minimum=1)
-            self.net = nn.Sequential(nn.Linear(self.context_dim, hidden), nn.SiLU(),
-                                     nn.Linear(hidden, self.n_responses))
+            self.net = nets.mlp(self.context_dim, hidden, self.n_responses, activation=nn.SiLU)
 
     def forward(self, x: torch.Tensor | None = None) -> torch.Tensor:
         if self.context_dim is None:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _checks, sde, train as _train
+from . import _checks, nets, sde, train as _train
 from .device import get_device, rand, randn
 
 __all__ = ["EnergyMLP", "check_bounds", "uniform_in", "info_nce_loss", "grid_nll", "ml_surrogate_loss",
@@ -38,11 +38,7 @@ class EnergyMLP(nn.Module):
         self.y_dim = _checks.integer(y_dim, "y_dim", minimum=1)
         hidden = _checks.integer(hidden, "hidden", minimum=1)
         layers = _checks.integer(layers, "layers", minimum=1)
-        sizes = [self.x_dim + self.y_dim] + [hidden] * layers
-        blocks: list[nn.Module] = []
-        for a, b in zip(sizes[:-1], sizes[1:]):
-            blocks += [nn.Linear(a, b), nn.ReLU()]
-        self.net = nn.Sequential(*blocks, nn.Linear(hidden, 1))
+        self.net = nets.mlp(self.x_dim + self.y_dim, *[hidden] * layers, 1)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         _checks.tensor(x, "x", ndim=2, last_dim=self.x_dim, floating=True)
@@ -311,11 +307,7 @@ class MLP(nn.Module):
 
     def __init__(self, x_dim: int, y_dim: int, hidden: int, layers: int):
         super().__init__()
-        sizes = [x_dim] + [hidden] * layers
-        blocks: list[nn.Module] = []
-        for a, b in zip(sizes[:-1], sizes[1:]):
-            blocks += [nn.Linear(a, b), nn.ReLU()]
-        self.net = nn.Sequential(*blocks, nn.Linear(hidden, y_dim))
+        self.net = nets.mlp(x_dim, *[hidden] * layers, y_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from . import _checks, ode
+from . import _checks, nets, ode
 from .device import get_device
 
 __all__ = ["alternating_masks", "AdditiveCoupling", "AffineCoupling", "Permutation", "Scaling", "Flow",
@@ -55,14 +55,10 @@ def alternating_masks(dim: int, n: int) -> list[torch.Tensor]:
 
 def _mlp(dim: int, hidden: int, out: int, layers: int) -> nn.Sequential:
     """A conditioner network R^dim -> R^out whose last layer starts at zero (the coupling starts as the identity)."""
-    dims = [dim] + [hidden] * layers
-    mods: list[nn.Module] = []
-    for a, b in zip(dims[:-1], dims[1:]):
-        mods += [nn.Linear(a, b), nn.SiLU()]
-    last = nn.Linear(dims[-1], out)
-    nn.init.zeros_(last.weight)
-    nn.init.zeros_(last.bias)
-    return nn.Sequential(*mods, last)
+    net = nets.mlp(dim, *[hidden] * layers, out, activation=nn.SiLU)
+    nn.init.zeros_(net[-1].weight)
+    nn.init.zeros_(net[-1].bias)
+    return net
 
 
 class _Layer(nn.Module):
