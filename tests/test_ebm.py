@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mlbook import ebm, sde
 from mlbook._checks import NotFittedError

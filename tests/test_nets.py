@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mlbook import nets
-from helpers import gen, t64
+from helpers import gen
 
 
 def model(seed=0, **kwargs):
