@@ -42,7 +42,7 @@ book: $(VENV)/.installed
 # Authors' check of the pages only: the same -W -n build without executing notebooks (seconds).
 QUICK_OUT ?= _build/quick
 book-quick: $(VENV)/.installed
-	@cfg=$$(mktemp /tmp/mlbook-quick-XXXXXX.yml); \
+	@mkdir -p $(dir $(QUICK_OUT)); cfg=$$(mktemp /tmp/mlbook-quick-XXXXXX.yml); \
 	sed 's/^  execute_notebooks: .*/  execute_notebooks: "off"/' _config.yml > $$cfg; \
 	$(VENV)/bin/jupyter-book build . --builder html -W -n --keep-going --config $$cfg --path-output $(QUICK_OUT) 2>&1 \
 	  > $(QUICK_OUT).log; status=$$?; grep -E 'WARNING|ERROR|problems' $(QUICK_OUT).log; rm -f $$cfg; \

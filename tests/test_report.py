@@ -83,3 +83,18 @@ def test_timer_does_not_swallow_exceptions():
         with Timer() as t:
             raise KeyError("x")
     assert t.seconds >= 0
+
+
+def test_table_is_its_text_and_shows_as_an_html_table():
+    t = table([["a<b", 1.5]], ["name", "value"])
+    assert isinstance(t, str) and repr(t) == str(t) == t
+    html_text = t._repr_html_()
+    assert html_text.count("<tr>") == 2 and "<th>value</th>" in html_text
+    assert "<td>a&lt;b</td>" in html_text and "<td>1.500</td>" in html_text
+
+
+def test_table_text_is_what_ipython_shows_as_plain_text():
+    from IPython.core.formatters import PlainTextFormatter
+
+    t = table([[1, 2.0]], ["i", "x"])
+    assert PlainTextFormatter()(t) == str(t)

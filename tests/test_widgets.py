@@ -100,9 +100,41 @@ def test_frames_are_cached():
     assert calls == [(0.5, 0)]
 
 
-def test_figsize_and_dpi_set_the_pixel_size():
-    png = slider_plot(paint, {"a": A, "b": B}, figsize=(1.0, 0.5), dpi=40).render([0, 0])
-    assert matplotlib.image.imread(io.BytesIO(png), format="png").shape[:2] == (20, 40)
+def test_figsize_dpi_and_density_set_the_pixel_size():
+    sp = slider_plot(paint, {"a": A, "b": B}, figsize=(1.0, 0.5), dpi=40)
+    png = sp.render([0, 0])
+    assert matplotlib.image.imread(io.BytesIO(png), format="png").shape[:2] == (40, 80)
+    one = slider_plot(paint, {"a": A, "b": B}, figsize=(1.0, 0.5), dpi=40, density=1)
+    assert matplotlib.image.imread(io.BytesIO(one.render([0, 0])), format="png").shape[:2] == (20, 40)
+
+
+def test_page_shows_the_frame_at_figsize_times_dpi_css_pixels_scaled_to_the_column():
+    img = Page(slider_plot(paint, {"a": A, "b": B}, figsize=(2.0, 0.5), dpi=40).to_html()).imgs[0]
+    assert (img["width"], img["height"]) == ("80", "20")
+    assert "max-width:80px" in img["style"] and "width:100%" in img["style"]
+
+
+def test_frames_are_palette_pngs_with_the_drawn_colour():
+    png = make().render([2, 1])
+    assert png[25] == 3                                  # PNG colour type 3: palette
+    assert np.allclose(colour(png), (1.0, 1.0, 0.25), atol=1 / 255)
+
+
+def test_sliders_are_labelled_in_words():
+    html_text = make(labels={"a": "noise level"}).to_html()
+    page = Page(html_text)
+    assert [i["aria-label"] for i in page.inputs] == ["noise level", "b"]
+    snake = Page(slider_plot(lambda fig, steps_per_level: None, {"steps_per_level": A},
+                             figsize=(0.5, 0.5), dpi=20).to_html())
+    assert snake.inputs[0]["aria-label"] == "steps per level"
+    assert json.loads(snake.scripts[0][1])["words"] == ["steps per level"]
+
+
+def test_bad_labels_and_density_are_refused():
+    with pytest.raises(ValueError, match="unknown parameters"):
+        make(labels={"c": "no such slider"})
+    with pytest.raises(ValueError, match="density"):
+        make(density=0)
 
 
 # ------------------------------------------------------------------ static HTML

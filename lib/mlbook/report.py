@@ -1,12 +1,13 @@
-"""Printing results: plain-text tables that nbval can compare, and a wall-clock timer."""
+"""Showing results: tables (text for output checks, HTML for the page) and a wall-clock timer."""
 
 from __future__ import annotations
 
+import html
 import numbers
 import time
 from collections.abc import Sequence
 
-__all__ = ["table", "Timer"]
+__all__ = ["table", "Table", "Timer"]
 
 
 def _cell(value, digits: int) -> str:
@@ -16,15 +17,45 @@ def _cell(value, digits: int) -> str:
     return str(value)
 
 
-def table(rows: Sequence[Sequence], headers: Sequence[str], *, digits: int = 3) -> str:
-    """Format ``rows`` as a fixed-width text table, floats rounded to ``digits`` decimals."""
+class Table(str):
+    """A table that is its fixed-width text (``print`` it, compare it) and shows as HTML.
+
+    As the last expression of a notebook cell it displays as an HTML table that fits or
+    scrolls inside the page's column; its plain-text form, the same characters as the
+    string, is what output checks compare.
+    """
+
+    cells: list[list[str]]
+
+    def __new__(cls, text: str, cells: list[list[str]]):
+        self = super().__new__(cls, text)
+        self.cells = cells
+        return self
+
+    def __repr__(self) -> str:
+        return str.__str__(self)
+
+    def _repr_html_(self) -> str:
+        head, *body = self.cells
+        row = lambda tag, cells: "<tr>" + "".join(                            # noqa: E731
+            f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>"
+        return ('<div class="mlbook-table"><table>'
+                f"<thead>{row('th', head)}</thead>"
+                f"<tbody>{''.join(row('td', r) for r in body)}</tbody></table></div>")
+
+
+def table(rows: Sequence[Sequence], headers: Sequence[str], *, digits: int = 3) -> Table:
+    """Format ``rows`` as a fixed-width text table, floats rounded to ``digits`` decimals.
+
+    The result is a :class:`Table`: a ``str`` holding the text, shown as HTML in a notebook.
+    """
     if any(len(r) != len(headers) for r in rows):
         raise ValueError(f"every row must have {len(headers)} cells (one per header)")
     cells = [list(map(str, headers))] + [[_cell(v, digits) for v in r] for r in rows]
     widths = [max(len(row[j]) for row in cells) for j in range(len(headers))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return Table("\n".join(lines), cells)
 
 
 class Timer:
