@@ -6,8 +6,10 @@
 
 Conventions checked: the first cell is the set-up cell built from the repository URL in
 _config.yml (the one place it is written); the notebook is in _toc.yml; it checks at least one
-number (a cell tagged nbval-check-output, or an assert); and only tagged cells keep outputs, so
-the repository stores small notebooks and nbval compares exactly what is meant to be compared.
+number (a cell tagged nbval-check-output, or an assert); only tagged cells keep outputs, so
+the repository stores small notebooks and the output check (tests/execute.py) compares exactly
+what is meant to be compared; code lines are at most 88 characters; the last cell is a
+"## What we saw" section.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 CHECK_TAG = "nbval-check-output"
+MAX_LINE = 88                      # characters per code line, the set-up cell included
+CLOSING = "## What we saw"         # every notebook ends with what the run showed
 
 SETUP_TEMPLATE = '''\
 # Set-up: on Colab (or any kernel without the book's library) install it; locally this does nothing.
@@ -132,6 +136,15 @@ def problems() -> list[str]:
                 found.append(f"{rel}: an unchecked cell stores outputs (run `make record-notebooks`)")
             if "sys.path" in _source(c):
                 found.append(f"{rel}: edits sys.path; import the installed library instead")
+            long = [line for line in _source(c).splitlines() if len(line) > MAX_LINE]
+            if c is cells[0]:
+                long = []         # the set-up cell (hidden in the book) has its own template
+            if long:
+                found.append(f"{rel}: a code cell has {len(long)} line(s) over {MAX_LINE} characters, "
+                             f"e.g. {long[0][:60]!r}...")
+        last = cells[-1] if cells else {}
+        if last.get("cell_type") != "markdown" or not _source(last).startswith(CLOSING):
+            found.append(f"{rel}: does not end with a '{CLOSING}' section")
     return found
 
 

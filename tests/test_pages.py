@@ -29,3 +29,62 @@ def test_the_check_finds_a_formula_cut_by_a_list_marker():
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_no_inline_formula_is_cut_by_a_list_marker(page):
     assert broken_inline_math(page.read_text()) == []
+
+
+# ---------------------------------------------------------------- text a reader should never see
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+# How the book is made is not the reader's business. Each pattern names a phrase about the
+# making of the book, not a word of the field: "an issue of convergence" and "a model
+# specification" stay allowed.
+MAKING = [
+    r"\bthe issue(?:'s)?\s+(?:target|claim|asked|set|this)",
+    r"\bissue's\b", r"\bthis issue\b", r"\bissue set\b",
+    r"\b(?:chapter|book)'s (?:specification|issue|requirement)",
+    r"\bspecification asked\b", r"\bthe requirement\b",
+    r"\bCI (?:budget|runs?|jobs?|machine|time)\b", r"\b(?:in|on|by) CI\b", r"\bcontinuous integration\b", r"\bbuild machine\b", r"\bload average\b",
+    r"\btest suite\b", r"\bunit tests?\b", r"\bnbval\b",
+    r"\binstalled (?:PyTorch|torch|version)\b", r"\bPyTorch \(?2\.\d+\)? deprecates\b",
+    r"\bwhere the book was written\b", r"\bshared (?:two-core )?machine\b",
+    r"\beqs?\.\s*\([a-z0-9]+(?:-[a-z0-9]+)+\)",        # an internal equation label as text
+]
+MAKING_RE = re.compile("|".join(MAKING), re.IGNORECASE)
+
+
+def reader_text(path: pathlib.Path) -> list[tuple[str, str]]:
+    """(where, text) pairs of everything a reader of ``path`` sees."""
+    if path.suffix == ".md":
+        return [(path.name, path.read_text())]
+    import json
+
+    found = []
+    for k, cell in enumerate(json.loads(path.read_text())["cells"]):
+        if "remove-cell" in cell.get("metadata", {}).get("tags", []):
+            continue
+        found.append((f"{path.name} cell {k}", "".join(cell.get("source", ""))))
+        for out in cell.get("outputs", []):
+            text = out.get("text", "") or "".join(out.get("data", {}).get("text/plain", ""))
+            found.append((f"{path.name} cell {k} output", "".join(text)))
+    return found
+
+
+def making_of(text: str) -> list[str]:
+    return sorted({m.group(0) for m in MAKING_RE.finditer(text)})
+
+
+def test_the_making_of_check_finds_phrases_and_spares_the_field():
+    assert making_of("The issue's target was 99%.") == ["The issue's target"]
+    assert making_of("# the book's CI budget") == ["CI budget"]
+    assert making_of("both match eq. (ddpm-marginal)") == ["eq. (ddpm-marginal)"]
+    assert making_of("The unit tests check this.") == ["unit tests"]
+    assert making_of("on the build machine (load average 6)") == ["build machine", "load average"]
+    field = ("An issue of convergence; the model specification; a 95% CI would need "
+             "repeats; see eq. (3); the issue is that the gradient vanishes.")
+    assert making_of(field) == []
+
+
+@pytest.mark.parametrize("path", PAGES + NOTEBOOKS, ids=lambda p: p.name)
+def test_no_reader_text_speaks_of_how_the_book_is_made(path):
+    hits = [(where, making_of(text)) for where, text in reader_text(path) if making_of(text)]
+    assert hits == []
