@@ -1,8 +1,10 @@
 # Two commands do everything on a fresh machine with Python 3.10+:
 #   make book   build the HTML book into _build/html (creates .venv and installs what it needs)
-#   make test   run every test: library unit tests, nbval on every notebook, the book build
-#               with warnings as errors, and a headless-browser check of the built pages
-# Also: make lab (JupyterLab on notebooks/), make sync-notebooks, make record-notebooks, make clean.
+#   make test   run every test: library unit tests, every notebook executed once and its checked
+#               outputs compared, the book build with warnings as errors, and a headless-browser
+#               check of the built pages
+# Also: make bench (speed beside scikit-learn, SciPy, ...), make lab (JupyterLab on notebooks/),
+# make book-quick, make sync-notebooks, make record-notebooks, make clean.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,7 +17,7 @@ JOBS ?= 2
 export MLBOOK_PROGRESS ?= 0
 export PYTHONHASHSEED = 0
 
-.PHONY: install book book-quick test unit notebooks browser lab sync-notebooks record-notebooks check-notebooks clean
+.PHONY: install book book-quick test unit notebooks browser bench lab sync-notebooks record-notebooks check-notebooks clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10) and "Python 3.10 or newer is needed")'
@@ -33,27 +35,29 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 install: $(VENV)/.installed
 
+# Every notebook and executable page runs once, JOBS kernels at a time, into the execution cache
+# (_build/.jupyter_cache); the build then takes outputs from it. Only documents whose code, or
+# whose environment (library source, requirements, installed packages), changed run again.
 book: $(VENV)/.installed
 	@start=$$(date +%s); \
-	$(VENV)/bin/jupyter-book build . --builder html -W -n --keep-going; \
+	$(PY) tests/execute.py -j $(JOBS) \
+	  && $(VENV)/bin/jupyter-book build . --builder html -W -n --keep-going; \
 	status=$$?; echo "book build: $$(( $$(date +%s) - start )) s"; exit $$status
 	@echo "The book is in _build/html; open _build/html/index.html in a browser."
 
-# Authors' check of the pages only: the same -W -n build without executing notebooks (seconds).
-QUICK_OUT ?= _build/quick
+# Authors' check of the pages: the same -W -n build, executing nothing; documents not in the
+# execution cache are rendered without outputs (their pasted values are left blank).
 book-quick: $(VENV)/.installed
-	@mkdir -p $(dir $(QUICK_OUT)); cfg=$$(mktemp /tmp/mlbook-quick-XXXXXX.yml); \
-	sed 's/^  execute_notebooks: .*/  execute_notebooks: "off"/' _config.yml > $$cfg; \
-	$(VENV)/bin/jupyter-book build . --builder html -W -n --keep-going --config $$cfg --path-output $(QUICK_OUT) 2>&1 \
-	  > $(QUICK_OUT).log; status=$$?; grep -E 'WARNING|ERROR|problems' $(QUICK_OUT).log; rm -f $$cfg; \
-	echo "book-quick: exit $$status, log in $(QUICK_OUT).log"; exit $$status
+	$(PY) tests/build_part.py --out _build/quick --no-glue-check
 
 unit: $(VENV)/.installed
 	$(PY) -m pytest tests --ignore=tests/browser -q
 
+# Execute (through the cache) and check: cell errors and failed asserts, the outputs of cells
+# tagged nbval-check-output, and each kernel's CPU time against the 60 s budget. One torch thread
+# per kernel: JOBS kernels share the cores instead of fighting over them.
 notebooks: $(VENV)/.installed
-	@# one torch thread per kernel: JOBS kernels share the cores instead of fighting over them
-	OMP_NUM_THREADS=1 $(PY) -m pytest notebooks --nbval-lax --nbval-current-env -n $(JOBS) --dist loadfile -q
+	$(PY) tests/execute.py --check -j $(JOBS)
 
 browser: book
 	$(PY) -m pytest tests/browser -q -s -rs
@@ -61,6 +65,11 @@ browser: book
 test: $(VENV)/.installed
 	$(PY) tests/notebook_tools.py check
 	$(MAKE) --no-print-directory unit notebooks browser
+
+# Speed beside the libraries a practitioner would use: ratios from one run, same data, results
+# checked equal in the same run. Not part of `make test`.
+bench: $(VENV)/.installed
+	$(PY) tests/bench.py
 
 lab: $(VENV)/.installed
 	MLBOOK_PROGRESS=1 $(VENV)/bin/jupyter lab notebooks

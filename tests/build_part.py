@@ -32,6 +32,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "_build" / "part")
     parser.add_argument("--only-mine", action="store_true",
                         help="print only the warnings about the named documents")
+    parser.add_argument("--no-glue-check", action="store_true",
+                        help="do not warn about pasted values of documents without outputs")
     args = parser.parse_args(argv)
     mine = [p.resolve() for p in args.paths]
     if mine:
@@ -44,6 +46,8 @@ def main(argv=None) -> int:
     config = (ROOT / "_config.yml").read_text()
     config = re.sub(r"^  cache: .*$", f"  cache: {execute.CACHE}", config, flags=re.M)
     config = config.replace("execute:\n", "execute:\n  exclude_patterns: " + repr(skip) + "\n", 1)
+    if args.no_glue_check and skip:
+        config = config.replace("    suppress_warnings: []", "    suppress_warnings: [mystnb.glue]")
     with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as f:
         f.write(config)
     jb = pathlib.Path(sys.executable).parent / "jupyter-book"
