@@ -30,6 +30,7 @@ import importlib.metadata
 import json
 import os
 import pathlib
+import subprocess
 import sys
 import time
 import traceback
@@ -150,7 +151,8 @@ def _execute(path_text: str) -> dict:
                     store_widget_state=False, record_timing=False, resources={"metadata": {"path": str(path.parent)}})
     start = time.perf_counter()
     try:
-        client.execute()
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}   # kernel chatter
+        client.execute(**quiet)
     except CellExecutionError as exc:
         return {"path": path_text, "error": str(exc)}
     except Exception:

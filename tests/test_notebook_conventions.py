@@ -36,3 +36,26 @@ def test_problems_reports_a_broken_notebook(tmp_path, monkeypatch):
     assert "not listed in _toc.yml" in found
     assert "checks no number" in found
     assert "sys.path" in found
+
+
+def test_setup_cell_installs_the_library_from_a_clone_of_the_repository(tmp_path, monkeypatch):
+    """What Colab does: run the set-up cell where mlbook is missing. The repository URL is
+    replaced by a local bare clone of this one; pip installs into a folder of its own."""
+    import importlib.util
+    import subprocess
+
+    root = notebook_tools.ROOT
+    bare = tmp_path / "mlbook.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(root), str(bare)], check=True)
+    url, branch = notebook_tools.repository()
+    source = notebook_tools.setup_source().replace(f"git+{url}@{branch}",
+                                                   f"git+file://{bare}@{branch}")
+    target = tmp_path / "site"
+    monkeypatch.setenv("PIP_TARGET", str(target))
+    monkeypatch.setenv("PIP_NO_DEPS", "1")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "mlbook" else real_find_spec(name, *a))
+    exec(compile(source, "setup-cell", "exec"), {})
+    installed = target / "mlbook"
+    assert (installed / "__init__.py").exists() and (installed / "widgets.py").exists()

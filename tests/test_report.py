@@ -98,3 +98,21 @@ def test_table_text_is_what_ipython_shows_as_plain_text():
 
     t = table([[1, 2.0]], ["i", "x"])
     assert PlainTextFormatter()(t) == str(t)
+
+
+def test_glue_works_without_myst_nb(monkeypatch, capsys):
+    import builtins
+
+    from mlbook.report import glue
+
+    real_import = builtins.__import__
+
+    def no_myst(name, *args, **kwargs):
+        if name.startswith("myst_nb"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_myst)
+    glue("some-key", 0.5)                       # no page to paste into: nothing happens
+    glue("some-key", 0.25, display=True)        # shown instead
+    assert "0.25" in capsys.readouterr().out

@@ -7,7 +7,7 @@ import numbers
 import time
 from collections.abc import Sequence
 
-__all__ = ["table", "Table", "Timer"]
+__all__ = ["table", "Table", "Timer", "glue"]
 
 
 def _cell(value, digits: int) -> str:
@@ -77,3 +77,22 @@ class Timer:
 
         if torch.cuda.is_available():
             torch.cuda.synchronize()
+
+
+def glue(name: str, value, display: bool = False) -> None:
+    """Keep ``value`` under ``name`` for the book's pages to paste (myst-nb's ``glue``).
+
+    A derivation page quotes a number from a notebook run with
+    ``{glue:text}`../notebooks/<nb>.ipynb::<name>:.3f` ``, so the text and the run cannot drift
+    apart. Where myst-nb is not installed (Colab, Binder) there is no page to paste into: the
+    value is shown when ``display`` is true and nothing else happens.
+    """
+    try:
+        from myst_nb import glue as myst_glue
+    except ImportError:
+        if display:
+            from IPython.display import display as show
+
+            show(value)
+        return
+    myst_glue(name, value, display=display)

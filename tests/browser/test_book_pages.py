@@ -69,14 +69,18 @@ def browser():
 
 
 class Page:
-    """A page opened offline, with every blocked request and script error recorded."""
+    """A page opened offline, with every blocked request, script error, console error and byte
+    received recorded."""
 
-    def __init__(self, browser, url: str):
-        self.external, self.failed, self.errors = [], [], []
-        self.context = browser.new_context(viewport={"width": 1280, "height": 900})
+    def __init__(self, browser, url: str, width: int = 1280, height: int = 900):
+        self.external, self.failed, self.errors, self.console = [], [], [], []
+        self.bytes = 0
+        self.context = browser.new_context(viewport={"width": width, "height": height})
         self.page = self.context.new_page()
         self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
         self.page.on("requestfailed", lambda req: self.failed.append(req.url))
+        self.page.on("console", lambda msg: msg.type == "error" and self.console.append(msg.text))
+        self.page.on("requestfinished", self._count)
         self.page.route("**/*", self._route)
         response = self.page.goto(url, wait_until="load")
         assert response is not None and response.ok, f"{url} answered {response and response.status}"
@@ -86,6 +90,10 @@ class Page:
             self.page.wait_for_function("window.MathJax && MathJax.startup && MathJax.startup.promise",
                                         timeout=20_000)
             self.page.evaluate("MathJax.startup.promise")
+
+    def _count(self, request):
+        sizes = request.sizes()
+        self.bytes += sizes["responseBodySize"] + sizes["responseHeadersSize"]
 
     def _route(self, route):
         host = urlparse(route.request.url).hostname
@@ -121,6 +129,8 @@ def _assert_math_rendered(page: Page, minimum: int):
 
 def _assert_clean(page: Page):
     assert not page.errors, f"JavaScript errors: {page.errors}"
+    assert not page.console, f"console errors: {page.console}"
+    assert not page.external, f"requests leaving localhost: {page.external}"
     local_failures = [u for u in page.failed if u not in page.external]
     assert not local_failures, f"resources of the book failed to load: {local_failures}"
 
@@ -211,6 +221,47 @@ PAGES = _toc_pages()
 NOTEBOOK_PAGES = [p for p in PAGES if p.startswith("notebooks/")]
 
 
+DERIVATION_PAGES = [p for p in PAGES if p.startswith("book/")
+                    and p not in ("book/intro.html", "book/bibliography.html", "book/notation.html")]
+MAX_PAGE_BYTES = 4_000_000
+PHONE, TABLET, DESKTOP = 390, 768, 1280
+
+# Formulas cut off: a typeset formula that sticks out of an ancestor which hides its overflow.
+CLIPPED_MATH = """() => {
+  const cut = [];
+  for (const m of document.querySelectorAll("article mjx-container")) {
+    const r = m.getBoundingClientRect();
+    if (r.width === 0) continue;                              // folded away
+    for (let el = m.parentElement; el && el !== document.body; el = el.parentElement) {
+      const style = getComputedStyle(el);
+      if (style.overflowX !== "hidden" && style.overflowX !== "clip") continue;
+      const box = el.getBoundingClientRect();
+      if (r.right > box.right + 1 || r.left < box.left - 1) {
+        cut.push(m.textContent.slice(0, 50));
+        break;
+      }
+    }
+  }
+  return cut;
+}"""
+# Boxes wider than their content area: code, printed output, tables.
+OVERFLOWING = """() => {
+  const wide = [];
+  const boxes = document.querySelectorAll(
+    "article div.cell_input pre, article div.cell_output pre, article .mlbook-table, " +
+    "article .pst-scrollable-table-container, article div.highlight pre");
+  for (const el of boxes) {
+    if (el.getBoundingClientRect().width === 0) continue;     // folded away
+    if (el.scrollWidth > el.clientWidth + 1) wide.push(el.textContent.trim().slice(0, 50));
+  }
+  return wide;
+}"""
+PAGE_WIDER_THAN_SCREEN = "() => document.documentElement.scrollWidth > window.innerWidth + 1"
+BAD_ALT = """() => Array.from(document.querySelectorAll("article img"))
+  .filter(i => !i.alt || /\\.(png|jpe?g|gif|svg|webp)$/i.test(i.alt) || i.alt.includes("_images/"))
+  .map(i => i.alt || i.src.slice(0, 60))"""
+
+
 @pytest.mark.parametrize("path", PAGES)
 def test_every_page_renders_offline(server, browser, path):
     page = Page(browser, f"{server}/{path}")
@@ -220,8 +271,94 @@ def test_every_page_renders_offline(server, browser, path):
         unresolved = page.page.locator("span.xref.std, .problematic").count()   # references Sphinx could not resolve
         assert unresolved == 0, f"{unresolved} unresolved references on {path}"
         _assert_clean(page)
+        assert page.bytes <= MAX_PAGE_BYTES, f"{path} weighs {page.bytes / 1e6:.1f} MB"
+        assert page.page.evaluate(BAD_ALT) == [], "images whose alt text is a file path or empty"
+        # Desktop: nothing cut, every code cell, output and table fits its column.
+        page.page.wait_for_timeout(100)
+        assert page.page.evaluate(CLIPPED_MATH) == [], f"formulas cut off at {DESKTOP} px"
+        assert page.page.evaluate(OVERFLOWING) == [], f"boxes wider than the column at {DESKTOP} px"
+        assert not page.page.evaluate(PAGE_WIDER_THAN_SCREEN)
+        # Phone: wide things scroll inside their own boxes, never the page; nothing is cut.
+        page.page.set_viewport_size({"width": PHONE, "height": 844})
+        page.page.wait_for_timeout(400)                          # the resize handler re-measures
+        assert page.page.evaluate(CLIPPED_MATH) == [], f"formulas cut off at {PHONE} px"
+        assert not page.page.evaluate(PAGE_WIDER_THAN_SCREEN), f"the page scrolls sideways at {PHONE} px"
     finally:
         page.close()
+
+
+@pytest.mark.parametrize("path", DERIVATION_PAGES)
+def test_every_derivation_page_has_a_captioned_figure(server, browser, path):
+    page = Page(browser, f"{server}/{path}")
+    try:
+        figures = page.page.locator("article figure:has(img)")
+        assert figures.count() >= 1, f"{path} has no figure"
+        for k in range(figures.count()):
+            figure = figures.nth(k)
+            assert figure.locator("figcaption").inner_text().strip(), f"figure {k} has no caption"
+            alt = figure.locator("img").first.get_attribute("alt") or ""
+            assert len(alt.split()) >= 5, f"figure {k} has alt text {alt!r}: say what it shows"
+            assert figure.locator("img").first.evaluate("i => i.complete && i.naturalWidth > 100")
+    finally:
+        page.close()
+
+
+@pytest.mark.parametrize("width", [PHONE, TABLET])
+@pytest.mark.parametrize("path", ["book/kl.html", "notebooks/kl_approximation.html"])
+def test_menu_and_contents_open_and_close_on_phones_and_tablets(server, browser, path, width):
+    page = Page(browser, f"{server}/{path}", width=width, height=844)
+    try:
+        for toggle, dialog, inside in [("primary-toggle", "#pst-primary-sidebar-modal", "a[href*='svm']"),
+                                       ("secondary-toggle", "#pst-secondary-sidebar-modal", "a.nav-link")]:
+            buttons = page.page.locator(f"button.{toggle}:visible")
+            assert buttons.count() >= 1, f"no visible {toggle} at {width} px"
+            buttons.first.click()
+            page.page.wait_for_selector(f"{dialog}[open]", timeout=5_000)
+            assert page.page.locator(f"{dialog} {inside}").first.is_visible()
+            if width == PHONE and toggle == "primary-toggle":
+                page.screenshot(f"menu-open-{width}.png")
+            page.page.keyboard.press("Escape")
+            page.page.wait_for_selector(f"{dialog}:not([open])", state="attached", timeout=5_000)
+        _assert_clean(page)
+    finally:
+        page.close()
+
+
+def test_the_menu_button_folds_the_sidebar_on_a_desktop(server, browser):
+    page = Page(browser, f"{server}/book/kl.html")
+    try:
+        sidebar = page.page.locator("#pst-primary-sidebar")
+        assert sidebar.is_visible()
+        page.page.locator("button.primary-toggle:visible").first.click()
+        page.page.wait_for_function(
+            "() => document.querySelector('#pst-primary-sidebar').classList.contains('pst-sidebar-hidden')")
+        page.page.locator("button.primary-toggle:visible").first.click()
+        page.page.wait_for_function(
+            "() => !document.querySelector('#pst-primary-sidebar').classList.contains('pst-sidebar-hidden')")
+        _assert_clean(page)
+    finally:
+        page.close()
+
+
+PART_PAGES = ["book/intro.html", "book/kl.html", "notebooks/ensembles_trees.html", "book/diffusion_sde.html",
+              "notebooks/fast_samplers.html", "book/alignment.html"]
+
+
+@pytest.mark.parametrize("path", PART_PAGES)
+def test_screenshots_of_one_page_per_part(server, browser, path):
+    """Screenshots for a person to look at (test-artifacts/): desktop and phone, top of the page
+    and the first figure."""
+    name = path.split("/")[-1].replace(".html", "")
+    for width, height in [(DESKTOP, 900), (PHONE, 844)]:
+        page = Page(browser, f"{server}/{path}", width=width, height=height)
+        try:
+            page.screenshot(f"{name}-{width}-top.png")
+            figure = page.page.locator("article figure img, article div.cell_output img").first
+            if figure.count():
+                figure.scroll_into_view_if_needed()
+                page.screenshot(f"{name}-{width}-figure.png")
+        finally:
+            page.close()
 
 
 @pytest.mark.parametrize("path", NOTEBOOK_PAGES)
