@@ -40,9 +40,13 @@ def main(argv=None) -> int:
         _, errors = execute.execute(mine, int(os.environ.get("JOBS", "2")))
         if errors:
             return 1
-    cache = execute.open_cache()
+    # Outputs of an older environment are not used, but not deleted either (a build beside this
+    # one may be reading them): documents not executed here are then built without outputs.
+    from jupyter_cache import get_cache
+
+    cache = get_cache(str(execute.CACHE)) if execute.is_current() else None
     skip = [str(p.relative_to(ROOT)) for p in execute.documents()
-            if p not in mine and execute.cached(cache, execute.read(p)) is None]
+            if p not in mine and (cache is None or execute.cached(cache, execute.read(p)) is None)]
     config = (ROOT / "_config.yml").read_text()
     config = re.sub(r"^  cache: .*$", f"  cache: {execute.CACHE}", config, flags=re.M)
     config = config.replace("execute:\n", "execute:\n  exclude_patterns: " + repr(skip) + "\n", 1)

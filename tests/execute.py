@@ -105,6 +105,12 @@ def environment_stamp() -> str:
     return h.hexdigest()
 
 
+def is_current() -> bool:
+    """Whether the cache was filled in the present environment."""
+    path = CACHE / STAMP
+    return path.exists() and path.read_text() == environment_stamp()
+
+
 def open_cache():
     """The jupyter-cache, emptied first if the environment changed since it was filled."""
     from jupyter_cache import get_cache

@@ -88,3 +88,21 @@ def test_the_making_of_check_finds_phrases_and_spares_the_field():
 def test_no_reader_text_speaks_of_how_the_book_is_made(path):
     hits = [(where, making_of(text)) for where, text in reader_text(path) if making_of(text)]
     assert hits == []
+
+
+def code_cell_lines(text: str) -> list[str]:
+    """Lines of the executable code cells of a page written as a MyST notebook."""
+    lines, inside = [], False
+    for line in text.split("\n"):
+        if line.startswith("```{code-cell}"):
+            inside = True
+        elif inside and line.startswith("```"):
+            inside = False
+        elif inside and not line.startswith(":"):
+            lines.append(line)
+    return lines
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_page_code_lines_fit_the_column(page):
+    assert [line for line in code_cell_lines(page.read_text()) if len(line) > 88] == []

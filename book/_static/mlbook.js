@@ -26,20 +26,43 @@
   function markWideMath() {
     document.querySelectorAll("span.math").forEach(function (span) {
       span.classList.remove("mlbook-wide");
-      if (span.scrollWidth > span.clientWidth + 1) {   // wider than the column it may fill
-        span.classList.add("mlbook-wide");
+      var formula = span.querySelector("mjx-container");
+      var block = span.closest("p, li, dd, td, th, figcaption, div") || span.parentElement;
+      if (formula && formula.getBoundingClientRect().width > block.clientWidth) {
+        span.classList.add("mlbook-wide");             // wider than the whole line it sits on
       }
+    });
+  }
+
+  // Boxes that scroll sideways say so: the edge with hidden content fades (see mlbook.css).
+  var SCROLLERS = "div.math mjx-container, span.math.mlbook-wide, .mlbook-table, " +
+                  "div.cell_input pre, div.cell_output pre, .pst-scrollable-table-container";
+  function cue(box) {
+    var hidden = box.scrollWidth - box.clientWidth;
+    box.classList.toggle("mlbook-more-left", hidden > 1 && box.scrollLeft > 1);
+    box.classList.toggle("mlbook-more-right", hidden > 1 && box.scrollLeft < hidden - 1);
+  }
+  function cueAll() {
+    document.querySelectorAll(SCROLLERS).forEach(function (box) {
+      if (!box.dataset.mlbookCue) {
+        box.dataset.mlbookCue = "1";
+        box.addEventListener("scroll", function () { cue(box); }, { passive: true });
+      }
+      cue(box);
     });
   }
 
   document.addEventListener("DOMContentLoaded", forwardToggles);
   window.addEventListener("load", function () {
     var typeset = window.MathJax && MathJax.startup && MathJax.startup.promise;
-    (typeset || Promise.resolve()).then(markWideMath);
+    (typeset || Promise.resolve()).then(function () { markWideMath(); cueAll(); });
     var timer;
     window.addEventListener("resize", function () {
       clearTimeout(timer);
-      timer = setTimeout(markWideMath, 150);
+      timer = setTimeout(function () { markWideMath(); cueAll(); }, 150);
     });
+    // Folded code opens later: measure what a click reveals.
+    document.addEventListener("toggle", function () { setTimeout(cueAll, 50); }, true);
+    document.addEventListener("click", function () { setTimeout(cueAll, 300); });
   });
 })();

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-HTML = ROOT / "_build" / "html"
+HTML = pathlib.Path(os.environ.get("MLBOOK_HTML", ROOT / "_build" / "html"))   # the built book
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
@@ -92,6 +92,11 @@ class Page:
             self.page.evaluate("MathJax.startup.promise")
 
     def _count(self, request):
+        """Bytes of the page itself: its HTML and images, not the theme's, MathJax's and the
+        search index's shared files that a browser caches after the first page."""
+        path = urlparse(request.url).path
+        if request.url.startswith("data:") or path.startswith("/_static/") or path == "/searchindex.js":
+            return
         sizes = request.sizes()
         self.bytes += sizes["responseBodySize"] + sizes["responseHeadersSize"]
 
@@ -230,12 +235,16 @@ PHONE, TABLET, DESKTOP = 390, 768, 1280
 CLIPPED_MATH = """() => {
   const cut = [];
   for (const m of document.querySelectorAll("article mjx-container")) {
-    const r = m.getBoundingClientRect();
+    let r = m.getBoundingClientRect();
     if (r.width === 0) continue;                              // folded away
     for (let el = m.parentElement; el && el !== document.body; el = el.parentElement) {
       const style = getComputedStyle(el);
-      if (style.overflowX !== "hidden" && style.overflowX !== "clip") continue;
       const box = el.getBoundingClientRect();
+      if (style.overflowX === "auto" || style.overflowX === "scroll") {
+        r = box;                  // what sticks out of a scrolling box is reached by scrolling
+        continue;
+      }
+      if (style.overflowX !== "hidden" && style.overflowX !== "clip") continue;
       if (r.right > box.right + 1 || r.left < box.left - 1) {
         cut.push(m.textContent.slice(0, 50));
         break;
