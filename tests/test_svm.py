@@ -255,3 +255,21 @@ def test_moons_are_balanced_and_seeded():
     X2, y2 = svm.moons(11, generator=gen(13))
     assert torch.equal(X1, X2) and X1.shape == (11, 2)
     assert y1.tolist() == [1.0] * 5 + [-1.0] * 6
+
+
+def test_draw_margins_draws_boundary_margins_and_circles_every_support_vector():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    X = torch.tensor([[0.0, 0.0], [2.0, 2.0], [-1.0, 0.5], [3.0, 2.5]], dtype=torch.float64)
+    y = torch.tensor([-1.0, 1.0, -1.0, 1.0], dtype=torch.float64)
+    model = svm.SVC(C=10.0, kernel="linear").fit(X, y)
+    ax = Figure().subplots()
+    F = svm.draw_margins(ax, model, X, y, (-2, 4, -1, 3), resolution=50)
+    assert F.shape == (50, 50)
+    # f = x1/2 + x2/2 - 1 (the two-point solution): zero at (2, 0), +1 at (4, 0)
+    assert float(F[0, 33]) == pytest.approx(0.5 * (-2 + 6 * 33 / 49) - 0.5 - 1)
+    circles = ax.collections[-1]
+    assert len(circles.get_offsets()) == len(model.support_) == 2

@@ -179,3 +179,41 @@ def test_near_zero_weights_do_not_blow_up_the_gain(cls):
         target = y if cls is trees.DecisionTreeClassifier else y.double()
         t = cls(max_depth=3).fit(X, target, sample_weight=w).tree_
         assert float(torch.nan_to_num(t.gain, nan=0.0).max()) <= 1.0   # gain <= total weight (= 1)
+
+
+
+def _hand_tree() -> trees.Tree:
+    """Depth 2 on two features: x0 <= 0.5, then x1 <= 0.3 on the left and x1 <= 0.7 on the right."""
+    long = lambda v: torch.tensor(v, dtype=torch.long)                      # noqa: E731
+    f64 = lambda v: torch.tensor(v, dtype=torch.float64)                    # noqa: E731
+    return trees.Tree(feature=long([0, 1, -1, -1, 1, -1, -1]),
+                      threshold=f64([0.5, 0.3, 0, 0, 0.7, 0, 0]),
+                      left=long([1, 2, -1, -1, 5, -1, -1]), right=long([4, 3, -1, -1, 6, -1, -1]),
+                      value=torch.zeros(7, 1, dtype=torch.float64), n_samples=long([4, 2, 1, 1, 2, 1, 1]),
+                      gain=f64([1, 1, 0, 0, 1, 0, 0]), ties=long([1, 1, 0, 0, 1, 0, 0]),
+                      roots=long([0]), depth=2)
+
+
+def test_split_segments_cut_only_the_box_of_their_node():
+    segments = trees.split_segments(_hand_tree(), (0.0, 1.0, 0.0, 1.0))
+    assert segments == [(0, 0.5, 0.5, 0.0, 1.0),          # the root cuts the whole box
+                        (1, 0.0, 0.5, 0.3, 0.3),          # its children cut their half only
+                        (1, 0.5, 1.0, 0.7, 0.7)]
+    # a threshold outside the drawn area is clipped to it
+    assert trees.split_segments(_hand_tree(), (0.0, 1.0, 0.4, 1.0))[1] == (1, 0.0, 0.5, 0.4, 0.4)
+    with pytest.raises(ValueError, match="two-feature"):
+        X3 = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+        trees.split_segments(trees.DecisionTreeClassifier().fit(X3, [0, 1]).tree_, (0, 1, 0, 1))
+
+
+def test_draw_splits_draws_one_line_per_split_thinner_with_depth():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    ax = Figure().subplots()
+    segments = trees.draw_splits(ax, _hand_tree(), (0.0, 1.0, 0.0, 1.0))
+    assert len(ax.lines) == len(segments) == 3
+    assert ax.lines[0].get_linewidth() > ax.lines[1].get_linewidth()
+    assert ax.get_xlim() == (0.0, 1.0)

@@ -28,7 +28,8 @@ from .device import get_device
 
 __all__ = ["zero_one_loss", "hinge_loss", "logistic_loss", "LOSSES",
            "linear_kernel", "rbf_kernel", "polynomial_kernel", "KERNELS", "kernel_matrix",
-           "primal_objective", "dual_objective", "smo", "SMOResult", "LinearSVM", "SVC", "moons"]
+           "primal_objective", "dual_objective", "smo", "SMOResult", "LinearSVM", "SVC", "moons",
+           "draw_margins"]
 
 
 # ---------------------------------------------------------------------------------------- losses
@@ -394,3 +395,41 @@ def moons(n: int, *, noise: float = 0.15, generator: torch.Generator | None = No
     labels = torch.where(upper, -1.0, 1.0)
     dev = get_device(device)
     return X.to(device=dev, dtype=dtype), labels.to(device=dev, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------- drawing
+
+def draw_margins(ax, model, X, y, bounds, *, resolution: int = 200, colors=None,
+                 point_size: float = 14, circle_size: float = 70) -> torch.Tensor:
+    """Draw a fitted two-feature classifier the way the chapter pictures an SVM.
+
+    The two sides of the boundary are shaded, the boundary ``f(x) = 0`` is a solid line and the
+    margins ``f(x) = -1`` and ``f(x) = +1`` are dashed; the points ``X`` are coloured by their label
+    ``y`` and, when ``model`` has ``support_`` (:class:`SVC`), the support vectors are circled.
+    ``bounds = (x0, x1, y0, y1)`` is the plotted area, ``colors`` the pair (class -1, class +1)
+    (default: the book's first two colours, blue for +1). Returns ``f`` on the
+    ``resolution x resolution`` grid (rows along the second feature), on the CPU.
+    """
+    from .plot import COLORS
+
+    neg, pos = colors or (COLORS[1], COLORS[0])
+    x0, x1, y0, y1 = (float(b) for b in bounds)
+    xs = torch.linspace(x0, x1, resolution, dtype=torch.float64)
+    ys = torch.linspace(y0, y1, resolution, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)
+    F = model.decision_function(grid).reshape(resolution, resolution).cpu()
+    ax.contourf(xs, ys, F, levels=[-math.inf, 0, math.inf], colors=[neg, pos], alpha=0.12)
+    ax.contour(xs, ys, F, levels=[-1, 0, 1], colors="k", linestyles=["--", "-", "--"],
+               linewidths=1)
+    X = torch.as_tensor(X).detach().cpu()
+    labels = torch.as_tensor(y).detach().cpu()
+    positive = labels == model.classes_[1].cpu()
+    ax.scatter(X[:, 0], X[:, 1], c=[pos if p else neg for p in positive.tolist()], s=point_size,
+               zorder=3)
+    support = getattr(model, "support_", None)
+    if support is not None:
+        sv = X[support.cpu()]
+        ax.scatter(sv[:, 0], sv[:, 1], s=circle_size, facecolors="none", edgecolors="k",
+                   linewidths=0.8, zorder=4)
+    ax.set(xlim=(x0, x1), ylim=(y0, y1))
+    return F

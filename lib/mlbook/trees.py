@@ -30,7 +30,7 @@ from . import _checks
 from .device import get_device
 
 __all__ = ["Gini", "SquaredError", "Newton", "Tree", "bin_edges", "grow", "apply", "decision_path",
-           "DecisionTreeClassifier", "DecisionTreeRegressor"]
+           "split_segments", "draw_splits", "DecisionTreeClassifier", "DecisionTreeRegressor"]
 
 _EPS = torch.finfo(torch.float64).eps
 _MAX_CELLS = 1 << 24          # (node, feature, bin, stat) cells summed per chunk of nodes
@@ -381,6 +381,52 @@ def decision_path(tree: Tree, X: torch.Tensor) -> torch.Tensor:
         node = torch.where(f >= 0, nxt, node)
         path[rows, node] = True
     return path
+
+
+def split_segments(tree: Tree, bounds, *, root: int = 0) -> list[tuple[int, float, float, float, float]]:
+    """The splits of a tree on two features as line segments: ``(depth, x0, x1, y0, y1)`` per inner node.
+
+    Every inner node cuts the box its ancestors left it, so its segment runs across that box only:
+    a split on feature 0 at ``t`` is the vertical segment ``x = t`` from ``y0`` to ``y1`` of the box,
+    a split on feature 1 the horizontal one. ``bounds = (x0, x1, y0, y1)`` is the box of the root
+    (the plotted area; thresholds outside it are clipped to it). Nodes are listed in pre-order,
+    starting from ``root`` (a forest's ``tree.roots[k]`` picks its ``k``-th tree).
+    """
+    feature, threshold = tree.feature.tolist(), tree.threshold.tolist()
+    left, right = tree.left.tolist(), tree.right.tolist()
+    segments, stack = [], [(int(root), 0, tuple(float(b) for b in bounds))]
+    while stack:
+        node, depth, (x0, x1, y0, y1) = stack.pop()
+        f = feature[node]
+        if f < 0:
+            continue
+        if f > 1:
+            raise ValueError(f"node {node} splits on feature {f}; only two-feature trees can be drawn")
+        if f == 0:
+            t = min(max(threshold[node], x0), x1)
+            segments.append((depth, t, t, y0, y1))
+            boxes = (x0, t, y0, y1), (t, x1, y0, y1)
+        else:
+            t = min(max(threshold[node], y0), y1)
+            segments.append((depth, x0, x1, t, t))
+            boxes = (x0, x1, y0, t), (x0, x1, t, y1)
+        stack.append((right[node], depth + 1, boxes[1]))             # popped after the left subtree
+        stack.append((left[node], depth + 1, boxes[0]))
+    return segments
+
+
+def draw_splits(ax, tree: Tree, bounds, *, root: int = 0, color="k", width: float = 2.4,
+                thinning: float = 0.6, **line_kwargs) -> list[tuple[int, float, float, float, float]]:
+    """Draw :func:`split_segments` on a matplotlib ``ax``: the root's cut thickest, each level thinner.
+
+    A line at depth ``k`` is ``max(width * thinning**k, 0.5)`` points wide. Returns the segments.
+    """
+    segments = split_segments(tree, bounds, root=root)
+    for depth, x0, x1, y0, y1 in segments:
+        ax.plot([x0, x1], [y0, y1], color=color, lw=max(width * thinning**depth, 0.5),
+                solid_capstyle="butt", **line_kwargs)
+    ax.set(xlim=bounds[:2], ylim=bounds[2:])
+    return segments
 
 
 # ---------------------------------------------------------------------------------- estimators
