@@ -286,6 +286,87 @@ def test_sample_responses_shape_and_device():
     assert y.shape == (3, 6) and y.device == REF.device and int(y.max()) < 4
 
 
+
+def _hand_loop(draw, loss_on, epochs, steps):
+    """The loop the notebooks used to write out: a batch drawn every `epochs` steps, then reused."""
+    from mlbook.train import train
+
+    policy, batch = al.TabularPolicy(REF), {}
+
+    def loss(m, _):
+        logp_all = m()
+        if (step := batch.get("step", 0)) % epochs == 0:
+            batch.update(draw(logp_all))
+        batch["step"] = step + 1
+        return loss_on(logp_all, batch)
+
+    train(policy, loss, lambda n, generator=None: torch.empty(0), steps=steps * epochs, lr=0.05,
+          batch_size=1, lr_decay=True, show_progress=False)
+    return policy().detach()
+
+
+@pytest.mark.parametrize("clip, epochs", [(None, 1), (0.2, 3)])
+def test_train_policy_gradient_is_the_written_out_loop(clip, epochs):
+    beta, n, steps = 0.5, 32, 20
+    g1, g2 = gen(21), gen(21)
+    got = al.train_policy_gradient(REF, REWARD, beta, batch_size=n, clip=clip, epochs=epochs,
+                                   steps=steps, generator=g1)
+
+    def draw(logp_all):
+        y = al.sample_responses(logp_all, n, generator=g2)
+        return dict(y=y, old=logp_all[y].detach(),
+                    adv=al.kl_regularised_advantages(REWARD[y], logp_all[y], REF[y], beta))
+
+    def loss_on(logp_all, b):
+        return al.policy_gradient_loss(logp_all[b["y"]], b["adv"], b["old"] if clip else None, clip)
+
+    torch.testing.assert_close(got, _hand_loop(draw, loss_on, epochs, steps), rtol=0, atol=0)
+
+
+def test_train_grpo_is_the_written_out_loop():
+    beta, g, groups, steps = 0.5, 3, 8, 20
+    g1, g2 = gen(22), gen(22)
+    got = al.train_grpo(REF, REWARD, beta, g, groups=groups, steps=steps, generator=g1)
+
+    def draw(logp_all):
+        y = al.sample_responses(logp_all.expand(groups, 4), g, generator=g2)
+        return dict(y=y, old=logp_all[y].detach())
+
+    def loss_on(logp_all, b):
+        y = b["y"]
+        return al.grpo_loss(logp_all[y], b["old"], REF[y], REWARD[y], beta, clip=0.2)
+
+    torch.testing.assert_close(got, _hand_loop(draw, loss_on, 2, steps), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("clip, epochs", [(None, 1), (0.2, 4)])
+def test_policy_gradient_lands_on_the_optimum(clip, epochs):
+    # the shaped advantages vanish at pi*, so the sampled gradient stops there
+    beta = 0.5
+    logp = al.train_policy_gradient(REF, REWARD, beta, clip=clip, epochs=epochs, generator=gen(23))
+    assert float(al.total_variation(logp, al.optimal_log_policy(REF, REWARD, beta))) < 1e-3
+
+
+def test_sampled_grpo_stops_at_the_predicted_fixed_point():
+    beta, g = 0.5, 3
+    policy = al.TabularPolicy(REF)
+    al.fit(policy, lambda m: al.population_grpo_loss(m(), REF, REWARD, beta, g, False), steps=100)
+    fixed = al.grpo_fixed_point(REF, REWARD, beta, g, False, start=policy().detach())
+    logp = al.train_grpo(REF, REWARD, beta, g, normalise_std=False, generator=gen(24))
+    assert float(al.total_variation(logp, fixed)) < 0.01
+
+
+def test_training_helpers_check_their_arguments():
+    with pytest.raises(ValueError, match="shapes must match"):
+        al.train_policy_gradient(REF, REWARD[:3], 0.5, steps=1)
+    with pytest.raises(ValueError, match="epochs"):
+        al.train_policy_gradient(REF, REWARD, 0.5, epochs=0)
+    with pytest.raises(ValueError, match="group_size"):
+        al.train_grpo(REF, REWARD, 0.5, 1)
+    with pytest.raises(ValueError, match="groups"):
+        al.train_grpo(REF, REWARD, 0.5, 2, groups=0)
+
+
 # ------------------------------------------------------------------ bad input
 
 @pytest.mark.parametrize("beta", [0.0, -1.0, float("nan")])

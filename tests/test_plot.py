@@ -1,4 +1,4 @@
-"""mlbook.plot: the style defaults and the two drawing helpers."""
+"""mlbook.plot: the style defaults and the drawing helpers."""
 
 import matplotlib as mpl
 import numpy as np
@@ -40,3 +40,22 @@ def test_scatter_plots_the_first_two_columns(ax):
     coll = plot.scatter(ax, x, color="red")
     np.testing.assert_array_equal(coll.get_offsets(), x.detach()[:, :2].numpy())
     assert coll.get_alpha() == 0.5
+
+
+def test_bars_groups_one_bar_per_series_around_each_category(ax):
+    series = {"a": torch.tensor([0.2, 0.8], dtype=torch.float64), "b": [0.5, 0.5], "c": np.array([1.0, 0.0])}
+    containers = plot.bars(ax, series, ["y0", "y1"], title="t")
+    assert len(containers) == 3
+    width = 0.8 / 3
+    for i, (bar_set, heights) in enumerate(zip(containers, series.values())):
+        np.testing.assert_allclose([r.get_height() for r in bar_set], np.asarray(heights, dtype=float))
+        centres = [r.get_x() + r.get_width() / 2 for r in bar_set]
+        np.testing.assert_allclose(centres, np.arange(2) + (i - 1) * width)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["y0", "y1"]
+    assert ax.get_ylabel() == "probability" and ax.get_title() == "t"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b", "c"]
+
+
+def test_bars_rejects_a_series_of_the_wrong_length(ax):
+    with pytest.raises(ValueError, match="one per category"):
+        plot.bars(ax, {"a": [0.1, 0.2, 0.7]}, ["y0", "y1"])

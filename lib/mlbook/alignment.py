@@ -26,7 +26,7 @@ __all__ = ["TabularPolicy", "MLPPolicy", "RewardModel",
            "pairwise_dpo_loss", "kl_regularised_advantages", "policy_gradient_loss", "group_advantages",
            "grpo_loss", "expected_group_advantage", "population_grpo_loss", "grpo_fixed_point_residual",
            "grpo_fixed_point",
-           "fit"]
+           "fit", "train_policy_gradient", "train_grpo"]
 
 
 # ------------------------------------------------------------------------------- argument checks
@@ -448,3 +448,87 @@ def fit(model: nn.Module, loss_fn, *, steps: int, lr: float = 0.05, **train_kwar
     train_kwargs.setdefault("show_progress", False)
     return train(model, lambda m, _batch: loss_fn(m), _no_data, steps=steps, lr=lr, batch_size=1,
                  **train_kwargs)
+
+
+def _reuse_batches(draw, loss_on, epochs: int):
+    """A loss for :func:`fit` that draws a fresh batch from the current policy every ``epochs``
+    steps (``draw(logp_all)`` returns a dict) and reuses it in between (PPO-style epochs)."""
+    state = {"step": 0}
+
+    def loss(m):
+        logp_all = m()
+        if state["step"] % epochs == 0:                            # sample from the current policy
+            state["batch"] = draw(logp_all)
+        state["step"] += 1
+        return loss_on(logp_all, state["batch"])
+
+    return loss
+
+
+def train_policy_gradient(ref_logp: torch.Tensor, reward: torch.Tensor, beta: float, *,
+                          batch_size: int = 256, clip: float | None = None, epochs: int = 1,
+                          steps: int = 300, lr: float = 0.05, generator: torch.Generator | None = None,
+                          device=None) -> torch.Tensor:
+    """Stage 3 of RLHF on a bandit: a :class:`TabularPolicy` started at ``ref_logp`` and trained by
+    the policy gradient of the KL-shaped reward, eq. (align-pg), on sampled responses.
+
+    Every ``epochs`` steps a batch of ``batch_size`` responses is drawn from the current policy and
+    its batch-mean advantages :func:`kl_regularised_advantages` are computed; the batch is then used
+    for ``epochs`` gradient steps of :func:`policy_gradient_loss`: REINFORCE, eq. (align-reinforce),
+    without ``clip``; the PPO clipped surrogate, eq. (align-ppo), with it. Adam with a cosine-decayed
+    learning rate, ``steps * epochs`` steps in all. ``reward`` is per response, shape ``(K,)``.
+    Returns the trained log-probabilities ``(K,)``, detached.
+    """
+    ref_logp = _checks.tensor(ref_logp, "ref_logp", ndim=1, floating=True)
+    _same_shape(ref_logp=ref_logp, reward=_checks.tensor(reward, "reward", floating=True))
+    epochs = _checks.integer(epochs, "epochs", minimum=1)
+    steps = _checks.integer(steps, "steps", minimum=1)
+    batch_size = _checks.integer(batch_size, "batch_size", minimum=2)
+    policy = TabularPolicy(ref_logp)
+
+    def draw(logp_all):
+        y = sample_responses(logp_all, batch_size, generator=generator)
+        return {"y": y, "old": logp_all[y].detach(),
+                "adv": kl_regularised_advantages(reward[y], logp_all[y], ref_logp[y], beta)}
+
+    def loss_on(logp_all, batch):
+        y = batch["y"]
+        return policy_gradient_loss(logp_all[y], batch["adv"], batch["old"] if clip else None, clip)
+
+    fit(policy, _reuse_batches(draw, loss_on, epochs), steps=steps * epochs, lr=lr,
+        lr_decay=True, device=device)
+    return policy().detach()
+
+
+def train_grpo(ref_logp: torch.Tensor, reward: torch.Tensor, beta: float, group_size: int, *,
+               normalise_std: bool = True, groups: int = 64, clip: float = 0.2, epochs: int = 2,
+               steps: int = 300, lr: float = 0.05, generator: torch.Generator | None = None,
+               device=None) -> torch.Tensor:
+    """GRPO as it is run, on a bandit: a :class:`TabularPolicy` started at ``ref_logp``.
+
+    Every ``epochs`` steps, ``groups`` groups of ``group_size`` responses are drawn from the current
+    (old) policy; each batch is used for ``epochs`` steps of :func:`grpo_loss`, eq. (align-grpo):
+    the clipped surrogate with group-relative advantages plus ``beta`` times the k3 penalty. Adam
+    with a cosine-decayed learning rate, ``steps * epochs`` steps in all. ``reward`` is per
+    response, shape ``(K,)``. Returns the trained log-probabilities ``(K,)``, detached.
+    """
+    ref_logp = _checks.tensor(ref_logp, "ref_logp", ndim=1, floating=True)
+    _same_shape(ref_logp=ref_logp, reward=_checks.tensor(reward, "reward", floating=True))
+    g = _checks.integer(group_size, "group_size", minimum=2)
+    groups = _checks.integer(groups, "groups", minimum=1)
+    epochs = _checks.integer(epochs, "epochs", minimum=1)
+    steps = _checks.integer(steps, "steps", minimum=1)
+    policy = TabularPolicy(ref_logp)
+
+    def draw(logp_all):
+        y = sample_responses(logp_all.expand(groups, len(ref_logp)), g, generator=generator)
+        return {"y": y, "old": logp_all[y].detach()}                         # y: (groups, G)
+
+    def loss_on(logp_all, batch):
+        y = batch["y"]
+        return grpo_loss(logp_all[y], batch["old"], ref_logp[y], reward[y], beta, clip=clip,
+                         normalise_std=normalise_std)
+
+    fit(policy, _reuse_batches(draw, loss_on, epochs), steps=steps * epochs, lr=lr,
+        lr_decay=True, device=device)
+    return policy().detach()

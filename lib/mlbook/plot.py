@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import matplotlib as mpl
 import torch
 
-__all__ = ["use_style", "COLORS", "density_image", "scatter"]
+__all__ = ["use_style", "COLORS", "density_image", "scatter", "bars"]
 
 COLORS = ["#1f5fa8", "#d1495b", "#edae49", "#00798c", "#66a182", "#8d6a9f"]
 
@@ -56,3 +56,26 @@ def scatter(ax, x: torch.Tensor, *, s: float = 2.0, alpha: float = 0.5, **kwargs
     """Scatter the first two columns of ``x`` (any device) with small, translucent markers."""
     x = x.detach().cpu()
     return ax.scatter(x[:, 0], x[:, 1], s=s, alpha=alpha, linewidths=0, **kwargs)
+
+
+def bars(ax, series: Mapping[str, Sequence[float] | torch.Tensor], categories: Sequence[str], *,
+         ylabel: str = "probability", title: str = "", legend_fontsize: float = 8) -> list:
+    """Grouped bars: one group per category, one bar per named series, side by side.
+
+    ``series`` maps a legend entry to its heights, one per category (a list, an array or a
+    tensor on any device, e.g. the probabilities of several policies over the same responses);
+    ``categories`` labels the groups under the x-axis. Returns the bar containers, one per series.
+    """
+    heights = {name: torch.as_tensor(v).detach().cpu().double().numpy() for name, v in series.items()}
+    if any(len(h) != len(categories) for h in heights.values()):
+        raise ValueError(f"every series needs {len(categories)} heights, one per category")
+    width = 0.8 / len(heights)
+    containers = []
+    for i, (name, h) in enumerate(heights.items()):
+        offset = (i - (len(heights) - 1) / 2) * width
+        containers.append(ax.bar([k + offset for k in range(len(h))], h, width, label=name))
+    ax.set_xticks(range(len(categories)), list(categories))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=legend_fontsize)
+    return containers
