@@ -48,8 +48,8 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THRE
 
 # ------------------------------------------------------------------ documents and the cache
 
-def documents() -> list[pathlib.Path]:
-    """Every executable document in _toc.yml: notebooks and MyST-notebook pages, in book order."""
+def toc_files() -> list[str]:
+    """Every page of the book as named in _toc.yml (no suffix), in reading order."""
     import yaml
 
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
@@ -64,6 +64,12 @@ def documents() -> list[pathlib.Path]:
 
     walk(toc.get("parts"))
     walk(toc.get("chapters"))
+    return files
+
+
+def documents() -> list[pathlib.Path]:
+    """Every executable document in _toc.yml: notebooks and MyST-notebook pages, in book order."""
+    files = toc_files()
     found = []
     for name in files:
         for suffix in (".ipynb", ".md"):

@@ -205,21 +205,9 @@ def test_notebook_page_figures_and_static_slider(server, browser):
 
 def _toc_pages() -> list[str]:
     """Every page of the book, as paths relative to the HTML root, read from _toc.yml."""
-    import yaml
+    import execute
 
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    pages = [toc["root"]]
-
-    def walk(entries):
-        for entry in entries or []:
-            if "file" in entry:
-                pages.append(entry["file"])
-            walk(entry.get("sections"))
-            walk(entry.get("chapters"))
-
-    walk(toc.get("parts"))
-    walk(toc.get("chapters"))
-    return [f"{p}.html" for p in pages]
+    return [f"{p}.html" for p in execute.toc_files()]
 
 
 PAGES = _toc_pages()
