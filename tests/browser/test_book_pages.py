@@ -300,6 +300,49 @@ def test_every_derivation_page_has_a_captioned_figure(server, browser, path):
         page.close()
 
 
+# Contrast of links inside theorem, proof, exercise and solution boxes against the box's
+# background (WCAG 2 relative luminance), in the light and the dark theme.
+LINK_CONTRAST = """() => {
+  const rgb = c => (c.match(/[\\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => {
+    const f = v => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const background = el => {          // translucent tints composited over what lies beneath
+    const layers = [];
+    for (; el; el = el.parentElement) {
+      const c = rgb(getComputedStyle(el).backgroundColor);
+      const alpha = c.length === 4 ? c[3] : 1;
+      if (alpha > 0) layers.push([c.slice(0, 3), alpha]);
+      if (alpha === 1) break;
+    }
+    let out = [255, 255, 255];
+    for (const [c, alpha] of layers.reverse()) out = out.map((v, k) => alpha * c[k] + (1 - alpha) * v);
+    return out;
+  };
+  const worst = [];
+  for (const a of document.querySelectorAll(".admonition a, div.proof a, div.solution a")) {
+    if (!a.getBoundingClientRect().width || a.classList.contains("headerlink")) continue;
+    const l1 = lum(rgb(getComputedStyle(a).color)), l2 = lum(background(a));
+    const ratio = (Math.max(l1, l2) + 0.05) / (Math.min(l1, l2) + 0.05);
+    if (ratio < 4.5) worst.push([a.textContent.trim().slice(0, 30), ratio.toFixed(2)]);
+  }
+  return worst;
+}"""
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+@pytest.mark.parametrize("path", ["book/diffusion_fast.html", "book/kl.html", "book/alignment.html"])
+def test_links_in_theorem_and_exercise_boxes_are_readable(server, browser, path, theme):
+    page = Page(browser, f"{server}/{path}")
+    try:
+        page.page.evaluate(f"document.documentElement.dataset.theme = '{theme}'")
+        page.page.wait_for_timeout(100)
+        assert page.page.evaluate(LINK_CONTRAST) == []
+    finally:
+        page.close()
+
+
 @pytest.mark.parametrize("width", [PHONE, TABLET])
 @pytest.mark.parametrize("path", ["book/kl.html", "notebooks/kl_approximation.html"])
 def test_menu_and_contents_open_and_close_on_phones_and_tablets(server, browser, path, width):
