@@ -93,8 +93,9 @@ class AdditiveCoupling(_Layer):
 
 
 class AffineCoupling(_Layer):
-    """RealNVP's affine coupling, eq. (flow-affine): off the mask y = x exp(s) + t, log|det| = sum of s, eq. (flow-affine-logdet).
+    """RealNVP's affine coupling, eq. (flow-affine): off the mask y = x exp(a) + b, log|det| = sum of a, eq. (flow-affine-logdet).
 
+    The book writes the log-scale a and the shift b (the code's ``s`` and ``t``, RealNVP's names).
     The log-scale is ``s = scale * tanh(raw)`` with a learned ``scale`` per coordinate, which keeps
     early training from producing huge exponentials.
     """
@@ -148,7 +149,10 @@ class Permutation(_Layer):
 
 
 class Scaling(_Layer):
-    """NICE's final diagonal scaling, eq. (flow-nice-scaling): y = x exp(s), log|det| = sum of s."""
+    """NICE's final diagonal scaling, eq. (flow-nice-scaling): y = x exp(a), log|det| = sum of a.
+
+    The log-scales a are the parameter ``log_scale``.
+    """
 
     def __init__(self, dim: int):
         super().__init__()
@@ -314,7 +318,8 @@ def straightness(velocity: Field, noise: torch.Tensor, *, n_steps: int = 100, me
     """Straightness S = int_0^1 E||(x1 - x0) - v(x_t, t)||^2 dt along the learned ODE, eq. (flow-straightness).
 
     Zero exactly when every trajectory is a straight line traversed at constant speed. The
-    integral is the average over the ``n_steps + 1`` grid times of a solve from t = 1 to 0.
+    integral is taken by the trapezoid rule over the ``n_steps + 1`` grid times of a solve from
+    t = 1 to 0.
     """
     x0, path = sample_ode(velocity, noise, n_steps=n_steps, method=method, return_path=True)
     ts = torch.linspace(1.0, 0.0, n_steps + 1, dtype=noise.dtype)
