@@ -43,7 +43,10 @@ CHECK_TAG, IGNORE_TAG = "nbval-check-output", "nbval-ignore-output"
 SKIP_KEYS = {"metadata", "traceback", "prompt_number", "output_type", "name", "execution_count",
              "application/vnd.jupyter.widget-view+json", "image/png", "image/jpeg"}
 TIMEOUT = 300                      # seconds per cell, as in _config.yml
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+# Each kernel: one torch thread (two kernels share the two cores), no progress bars (their
+# text would reach the checked outputs).
+KERNEL_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+              "MLBOOK_PROGRESS": "0"}
 
 
 # ------------------------------------------------------------------ documents and the cache
@@ -149,7 +152,7 @@ def _execute(path_text: str) -> dict:
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
-    os.environ.update(ONE_THREAD)
+    os.environ.update(KERNEL_ENV)
     path = pathlib.Path(path_text)
     nb = read(path)
     usage = {}

@@ -98,9 +98,12 @@ def strip(nb: dict) -> dict:
 
 def record(paths: list[pathlib.Path]) -> None:
     """Execute notebooks in a fresh kernel and store the outputs of the checked cells."""
+    import os
+
     import nbformat
     from nbclient import NotebookClient
 
+    os.environ["MLBOOK_PROGRESS"] = "0"          # progress bars would reach the stored outputs
     for path in paths:
         nb = nbformat.read(path, as_version=4)
         NotebookClient(nb, timeout=600, kernel_name="python3",
