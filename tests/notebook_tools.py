@@ -25,11 +25,11 @@ MAX_LINE = 88                      # characters per code line, the set-up cell i
 CLOSING = "## What we saw"         # every notebook ends with what the run showed
 
 SETUP_TEMPLATE = '''\
-# Set-up: on Colab (or any kernel without the book's library) install it; locally this does nothing.
+# Set-up: where the book's library is missing (Colab), install it; locally, nothing.
 import importlib.util, subprocess, sys
 if importlib.util.find_spec("mlbook") is None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "mlbook @ git+{url}@{branch}"], check=True)'''
+    package = "mlbook @ git+{url}@{branch}"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", package], check=True)'''
 
 
 def repository() -> tuple[str, str]:
@@ -140,8 +140,6 @@ def problems() -> list[str]:
             if "sys.path" in _source(c):
                 found.append(f"{rel}: edits sys.path; import the installed library instead")
             long = [line for line in _source(c).splitlines() if len(line) > MAX_LINE]
-            if c is cells[0]:
-                long = []         # the set-up cell (hidden in the book) has its own template
             if long:
                 found.append(f"{rel}: a code cell has {len(long)} line(s) over {MAX_LINE} characters, "
                              f"e.g. {long[0][:60]!r}...")
