@@ -45,10 +45,11 @@ book: $(VENV)/.installed
 	status=$$?; echo "book build: $$(( $$(date +%s) - start )) s"; exit $$status
 	@echo "The book is in _build/html; open _build/html/index.html in a browser."
 
-# Authors' check of the pages: the same -W -n build, executing nothing; documents not in the
-# execution cache are rendered without outputs (their pasted values are left blank).
+# Authors' check of the pages: the same -W -n build, executing the pages' figure cells (seconds
+# each) but no notebook; notebooks not in the execution cache are rendered without outputs and
+# the numbers pages paste from them are left blank.
 book-quick: $(VENV)/.installed
-	$(PY) tests/build_part.py --out _build/quick --no-glue-check
+	$(PY) tests/build_part.py --out _build/quick --pages --no-glue-check
 
 unit: $(VENV)/.installed
 	$(PY) -m pytest tests --ignore=tests/browser -q

@@ -1,7 +1,7 @@
 """Build the whole book quickly, with outputs for a few documents only.
 
     python tests/build_part.py book/kl.md notebooks/kl_approximation.ipynb
-    python tests/build_part.py                     # no document executed (make book-quick)
+    python tests/build_part.py --pages --no-glue-check   # pages only (make book-quick)
 
 The named documents are executed (through the cache, see tests/execute.py); every other
 executable document is read from the cache when it is there and otherwise rendered without
@@ -34,8 +34,12 @@ def main(argv=None) -> int:
                         help="print only the warnings about the named documents")
     parser.add_argument("--no-glue-check", action="store_true",
                         help="do not warn about pasted values of documents without outputs")
+    parser.add_argument("--pages", action="store_true",
+                        help="also execute every page written as a MyST notebook (their figures)")
     args = parser.parse_args(argv)
     mine = [p.resolve() for p in args.paths]
+    if args.pages:
+        mine += [p for p in execute.documents() if p.suffix == ".md" and p not in mine]
     if mine:
         _, errors = execute.execute(mine, int(os.environ.get("JOBS", "2")))
         if errors:
@@ -51,7 +55,8 @@ def main(argv=None) -> int:
     config = re.sub(r"^  cache: .*$", f"  cache: {execute.CACHE}", config, flags=re.M)
     config = config.replace("execute:\n", "execute:\n  exclude_patterns: " + repr(skip) + "\n", 1)
     if args.no_glue_check and skip:
-        config = config.replace("    suppress_warnings: []", "    suppress_warnings: [mystnb.glue]")
+        config = config.replace("    suppress_warnings: []",
+                                "    suppress_warnings: [mystnb.glue, mystnb.glue_ref]")
     with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as f:
         f.write(config)
     jb = pathlib.Path(sys.executable).parent / "jupyter-book"
