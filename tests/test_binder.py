@@ -1,5 +1,6 @@
 """The Binder configuration: the notebooks' dependencies only, CPU torch, the library itself."""
 
+import ast
 import pathlib
 import re
 
@@ -33,8 +34,11 @@ def test_binder_has_every_package_the_notebooks_import():
     for path in notebook_tools.notebooks():
         for cell in notebook_tools._load(path)["cells"]:
             if cell["cell_type"] == "code":
-                source = notebook_tools._source(cell)
-                imported |= set(re.findall(r"^\s*(?:from|import)\s+([A-Za-z_]\w*)", source, re.M))
+                for node in ast.walk(ast.parse(notebook_tools._source(cell))):
+                    if isinstance(node, ast.Import):
+                        imported |= {alias.name.split(".")[0] for alias in node.names}
+                    elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                        imported.add(node.module.split(".")[0])
     third_party = {m.lower() for m in imported} - {
         "math", "copy", "functools", "importlib", "warnings", "itertools", "collections", "subprocess",
         "sys", "time", "os", "json", "dataclasses", "typing", "statistics", "random", "pathlib"}
