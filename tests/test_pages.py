@@ -106,3 +106,14 @@ def code_cell_lines(text: str) -> list[str]:
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_page_code_lines_fit_the_column(page):
     assert [line for line in code_cell_lines(page.read_text()) if len(line) > 88] == []
+
+
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
+@pytest.mark.parametrize("path", PAGES + NOTEBOOKS, ids=lambda p: p.name)
+def test_no_control_characters(path):
+    """A backslash eaten by a script ("\\varphi" written as "\x0barphi") leaves a control
+    character that MathJax cannot typeset."""
+    hits = [(where, CONTROL.findall(text)) for where, text in reader_text(path) if CONTROL.search(text)]
+    assert hits == []
