@@ -233,3 +233,59 @@ def test_kl_from_log_probs_rejects_integer_tensors():
 def test_sample_counts_and_points_are_checked(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+# ----------------------------------------------------- heavy tails and the estimators as losses
+
+def test_scale_log_ratio_matches_torch_distributions():
+    from torch.distributions import Normal
+
+    x = torch.linspace(-4, 4, 9, dtype=torch.float64)
+    want = Normal(0.0, 2.0).log_prob(x) - Normal(0.0, 1.0).log_prob(x)
+    assert torch.allclose(kl.scale_log_ratio(x, 4.0), want.double(), atol=1e-12)
+
+
+def test_k3_tail_index_and_its_bad_input():
+    assert kl.k3_tail_index(4.0) == pytest.approx(4 / 3)
+    assert kl.k3_tail_index(2.0) == pytest.approx(2.0)          # the edge of finite variance
+    with pytest.raises(ValueError, match="s2 must be > 1"):
+        kl.k3_tail_index(1.0)
+
+
+def test_hill_estimator_recovers_a_pareto_index():
+    u = torch.rand(200_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    pareto = u.pow(-1 / 1.5)                                      # P(X > x) = x^-1.5
+    assert kl.hill_estimator(pareto, 2000) == pytest.approx(1.5, abs=4 * 1.5 / 2000**0.5)
+
+
+def test_hill_estimator_refuses_bad_input():
+    with pytest.raises(ValueError, match="k must be smaller"):
+        kl.hill_estimator(torch.ones(5, dtype=torch.float64), 5)
+    with pytest.raises(ValueError, match="positive"):
+        kl.hill_estimator(-torch.arange(1.0, 10.0, dtype=torch.float64), 3)
+    with pytest.raises(TypeError):
+        kl.hill_estimator(torch.arange(10), 3)
+
+
+def test_loss_gradients_are_zero_and_the_two_kl_gradients():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(6, generator=g, dtype=torch.float64)
+    ref_logp = torch.log_softmax(torch.randn(6, generator=g, dtype=torch.float64), 0)
+    theta = logits.clone().requires_grad_(True)
+    logp = torch.log_softmax(theta, 0)
+    (forward,) = torch.autograd.grad((logp.exp() * (logp - ref_logp)).sum(), theta)
+    theta = logits.clone().requires_grad_(True)
+    logp = torch.log_softmax(theta, 0)
+    (reverse,) = torch.autograd.grad((ref_logp.exp() * (ref_logp - logp)).sum(), theta)
+    assert torch.allclose(kl.loss_gradient(logits, ref_logp, "k1"), torch.zeros(6, dtype=torch.float64),
+                          atol=1e-14)
+    assert torch.allclose(kl.loss_gradient(logits, ref_logp, "k2"), forward, atol=1e-14)
+    assert torch.allclose(kl.loss_gradient(logits, ref_logp, "k3"), reverse, atol=1e-14)
+    assert not torch.allclose(forward, reverse, atol=1e-3)         # the two directions differ here
+
+
+def test_loss_gradient_refuses_bad_input():
+    with pytest.raises(ValueError, match="same shape"):
+        kl.loss_gradient(torch.zeros(3, dtype=torch.float64), torch.zeros(4, dtype=torch.float64), "k3")
+    with pytest.raises(ValueError, match="estimator"):
+        kl.loss_gradient(torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), "k4")

@@ -16,7 +16,8 @@ from . import _checks
 from .device import get_device
 
 __all__ = ["k1", "k2", "k3", "ESTIMATORS", "kl_from_log_probs", "gaussian_log_ratio", "gaussian_kl",
-           "gaussian_relative_stats", "EstimatorStats", "monte_carlo_stats", "sampling_distribution"]
+           "gaussian_relative_stats", "EstimatorStats", "monte_carlo_stats", "sampling_distribution",
+           "scale_log_ratio", "k3_tail_index", "hill_estimator", "loss_gradient"]
 
 
 def _log_ratio(log_ratio: torch.Tensor) -> torch.Tensor:
@@ -125,3 +126,64 @@ def sampling_distribution(mu: float, n: int, repeats: int, *, generator: torch.G
     x = torch.randn(repeats, n, generator=generator, dtype=torch.float64).to(get_device(device))
     log_r = gaussian_log_ratio(x, mu)
     return {name: est(log_r).mean(dim=1) for name, est in ESTIMATORS.items()}
+
+
+# ----------------------------------------------------- heavy tails: q = N(0, 1), p = N(0, s2)
+
+def scale_log_ratio(x: torch.Tensor, s2: float) -> torch.Tensor:
+    """log p(x) - log q(x) for p = N(0, s2), q = N(0, 1): -log(s2)/2 + x^2 (1 - 1/s2) / 2, eq. (kl-scale-logr)."""
+    s2 = _checks.real(s2, "s2", positive=True)
+    x = _checks.tensor(x, "x", floating=True)
+    return -0.5 * math.log(s2) + 0.5 * (1.0 - 1.0 / s2) * x.square()
+
+
+def k3_tail_index(s2: float) -> float:
+    """Tail index s2 / (s2 - 1) of k3 under q = N(0, 1) against p = N(0, s2), eq. (kl-k3-tail).
+
+    P(k3 > u) falls like u^(-index): k3 has a finite variance only when the index exceeds 2,
+    that is for s2 < 2. Defined for s2 > 1 (for s2 <= 1 the ratio r is bounded).
+    """
+    s2 = _checks.real(s2, "s2", positive=True)
+    if s2 <= 1:
+        raise ValueError(f"s2 must be > 1 for a heavy right tail (r is bounded when s2 <= 1), got {s2}")
+    return s2 / (s2 - 1.0)
+
+
+def hill_estimator(values: torch.Tensor, k: int) -> float:
+    """Hill's estimate of the tail index alpha from the ``k`` largest of ``values``.
+
+    With X_(1) >= X_(2) >= ... the order statistics, 1 / alpha_hat is the mean of
+    log X_(i) - log X_(k+1) over i = 1..k (the maximum-likelihood estimate for a Pareto tail
+    above X_(k+1)); its standard error is about alpha / sqrt(k).
+    """
+    values = _checks.tensor(values, "values", ndim=1, floating=True)
+    k = _checks.integer(k, "k", minimum=2)
+    if k >= values.numel():
+        raise ValueError(f"k must be smaller than the number of values ({values.numel()}), got {k}")
+    top = torch.topk(values, k + 1).values
+    if float(top[-1]) <= 0:
+        raise ValueError("the k + 1 largest values must be positive (Hill's estimator uses their logarithms)")
+    return 1.0 / float((top[:k].log() - top[k].log()).mean())
+
+
+# ----------------------------------------------------- the estimators as losses (softmax policy)
+
+def loss_gradient(logits: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Expected gradient of an estimator used as a loss, E_{x ~ pi}[grad k(x)], eq. (kl-loss-grad).
+
+    pi = softmax(logits) is the sampling policy (q), ``ref_logp`` the reference's
+    log-probabilities (p), and k is evaluated at log r = ref_logp - log pi(x). As in GRPO and
+    RLHF, the gradient flows through k's dependence on log pi(x) only, not through the sampling:
+    the expectation is the exact sum over the actions with pi(x) held fixed.
+    """
+    _checks.choice(estimator, "estimator", list(ESTIMATORS))
+    logits = _checks.tensor(logits, "logits", ndim=1, floating=True)
+    ref_logp = _checks.tensor(ref_logp, "ref_logp", ndim=1, floating=True)
+    if logits.shape != ref_logp.shape:
+        raise ValueError(f"logits and ref_logp must have the same shape, got {tuple(logits.shape)} "
+                         f"and {tuple(ref_logp.shape)}")
+    theta = logits.detach().clone().requires_grad_(True)
+    logp = torch.log_softmax(theta, dim=0)
+    loss = (logp.detach().exp() * ESTIMATORS[estimator](ref_logp - logp)).sum()
+    (grad,) = torch.autograd.grad(loss, theta)
+    return grad
