@@ -116,3 +116,22 @@ def test_glue_works_without_myst_nb(monkeypatch, capsys):
     glue("some-key", 0.5)                       # no page to paste into: nothing happens
     glue("some-key", 0.25, display=True)        # shown instead
     assert "0.25" in capsys.readouterr().out
+
+
+def test_best_of_returns_the_shortest_time_and_refuses_bad_input():
+    import time
+
+    from mlbook.report import best_of
+
+    calls = []
+    pauses = iter([0.03, 0.0, 0.02])
+
+    def fn():
+        calls.append(1)
+        time.sleep(next(pauses))
+
+    assert best_of(fn, 3) < 0.015 and len(calls) == 3
+    with pytest.raises(ValueError):
+        best_of(fn, 0)
+    with pytest.raises(TypeError):
+        best_of("not callable")

@@ -7,7 +7,7 @@ import numbers
 import time
 from collections.abc import Sequence
 
-__all__ = ["table", "Table", "Timer", "glue"]
+__all__ = ["table", "Table", "Timer", "best_of", "glue"]
 
 
 def _cell(value, digits: int) -> str:
@@ -77,6 +77,23 @@ class Timer:
 
         if torch.cuda.is_available():
             torch.cuda.synchronize()
+
+
+def best_of(fn, repeats: int = 5) -> float:
+    """The shortest of ``repeats`` wall-clock times of ``fn()``, in seconds (CUDA synchronised).
+
+    The minimum, not the mean: on a shared machine every disturbance only adds time.
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    times = []
+    for _ in range(repeats):
+        with Timer() as t:
+            fn()
+        times.append(t.seconds)
+    return min(times)
 
 
 def glue(name: str, value, display: bool = False) -> None:
