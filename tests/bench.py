@@ -46,16 +46,16 @@ def bench_unsupervised() -> None:
 
     from mlbook.unsupervised import PCA, KMeans, linkage
 
-    X, _ = make_blobs(20_000, 8, centers=8, random_state=0)
-    start = X[np.random.default_rng(0).choice(len(X), 8, replace=False)]
+    X, _ = make_blobs(20_000, 16, centers=10, random_state=0)
+    start = X[np.random.default_rng(0).choice(len(X), 10, replace=False)]
     Xt, st = torch.as_tensor(X), torch.as_tensor(start)
 
     def inertia_close(a, b):
         return abs(a - b) <= 1e-6 * abs(b), f"inertia {a:.6g} / {b:.6g}"
 
-    compare("k-means, 20 Lloyd iterations", "make_blobs(20000, 8, centers=8), same start",
-            lambda: KMeans(8, init=st, max_iter=20, device="cpu").fit(Xt).inertia_,
-            lambda: SkKMeans(8, init=start, n_init=1, max_iter=20, tol=0.0,
+    compare("k-means, 20 Lloyd iterations", "make_blobs(20000, 16, centers=10), same start",
+            lambda: KMeans(10, init=st, max_iter=20, device="cpu").fit(Xt).inertia_,
+            lambda: SkKMeans(10, init=start, n_init=1, max_iter=20, tol=0.0,
                              algorithm="lloyd").fit(X).inertia_, inertia_close)
 
     Y = np.random.default_rng(1).standard_normal((5000, 64)) @ np.diag(np.linspace(3, 0.1, 64))
@@ -64,13 +64,13 @@ def bench_unsupervised() -> None:
             lambda: SkPCA(10, svd_solver="full").fit(Y).explained_variance_,
             lambda a, b: (bool(np.allclose(a, b, rtol=1e-8)), "explained variances equal"))
 
-    Z, _ = make_blobs(600, 8, centers=5, random_state=0)
-    for method in ("ward", "average", "complete"):
-        compare(f"{method} linkage", "make_blobs(600, 8, centers=5)",
+    Z, _ = make_blobs(1500, 8, centers=5, random_state=0)
+    for method in ("ward", "average", "complete", "single"):
+        compare(f"{method} linkage", "make_blobs(1500, 8, centers=5)",
                 lambda m=method: linkage(torch.as_tensor(Z), m, device="cpu")[:, 2].numpy(),
                 lambda m=method: scipy_linkage(Z, m)[:, 2],
                 lambda a, b: (bool(np.allclose(np.sort(a), np.sort(b), rtol=1e-9)), "merge heights equal"),
-                repeats=1)
+                repeats=3)
 
 
 def bench_svm() -> None:

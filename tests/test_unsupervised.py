@@ -161,6 +161,38 @@ def test_linkage_matches_scipy(method, blobs):
     assert np.array_equal(Z[:, [0, 1, 3]], ref[:, [0, 1, 3]])                     # continuous data: no ties
 
 
+@pytest.mark.parametrize("method", U.LINKAGES)
+def test_fast_linkage_is_the_greedy_definition(method, blobs):
+    # The nearest-neighbour chain (and Prim's tree for single linkage) against the O(n^3) search
+    # of the whole matrix: the same merges, the same heights.
+    fast = U.linkage(blobs, method).numpy()
+    greedy = U.linkage(blobs, method, algorithm="greedy").numpy()
+    np.testing.assert_allclose(fast[:, 2], greedy[:, 2], rtol=1e-12, atol=1e-12)
+    assert np.array_equal(fast[:, [0, 1, 3]], greedy[:, [0, 1, 3]])
+
+
+@pytest.mark.parametrize("method", U.LINKAGES)
+def test_linkage_with_ties(method):
+    # Points on an integer grid: many equal distances, so which pair merges first is a choice and
+    # different choices give different trees (Ward's heights then differ from SciPy's). What holds
+    # for every choice: heights never decrease, and single linkage's heights are the lengths of
+    # a minimum spanning tree, whose multiset does not depend on ties.
+    grid = np.array([[i, j] for i in range(6) for j in range(5)], dtype=float)
+    ours = U.linkage(grid, method).numpy()
+    assert np.all(np.diff(ours[:, 2]) >= 0) and ours[-1, 3] == len(grid)
+    if method == "single":
+        np.testing.assert_allclose(ours[:, 2], scipy_linkage(grid, method)[:, 2], rtol=1e-12)
+
+
+@pytest.mark.parametrize("method", U.LINKAGES)
+def test_linkage_matches_scipy_on_a_thousand_points(method):
+    X = np.random.default_rng(3).standard_normal((1000, 5)) * [1, 2, 3, 1, 1]
+    Z = U.linkage(X, method).numpy()
+    ref = scipy_linkage(X, method)
+    np.testing.assert_allclose(Z[:, 2], ref[:, 2], rtol=1e-10)
+    assert np.array_equal(Z[:, [0, 1, 3]], ref[:, [0, 1, 3]])
+
+
 @pytest.mark.parametrize("k", [1, 2, 4, 7])
 def test_cut_matches_scipy_fcluster(k, blobs):
     Z = U.linkage(blobs, "ward")
@@ -183,6 +215,7 @@ def test_agglomerative_estimator(blobs):
 @pytest.mark.parametrize("make, message", [
     (lambda: U.linkage(POINTS, "centroid"), "method must be one of"),
     (lambda: U.linkage(POINTS[:1]), "at least 2 points"),
+    (lambda: U.linkage(POINTS, algorithm="nn-chain"), "algorithm must be one of"),
     (lambda: U.AgglomerativeClustering(6).fit(POINTS), "n_clusters=6 is larger than the number of points"),
     (lambda: U.AgglomerativeClustering(2, linkage="median"), "linkage must be one of"),
     (lambda: U.cut(torch.zeros(3, 3), 2), "linkage matrix of shape"),

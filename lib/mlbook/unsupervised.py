@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
 import torch
 
 from . import _checks
@@ -89,8 +90,9 @@ def _assign(Xt: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     b, k, d = centres.shape
     flat = centres.reshape(b * k, d)
     scores = torch.addmm(flat.square().sum(1, keepdim=True), flat, Xt, alpha=-2)  # (b*k, n)
-    # argmin along a contiguous last axis: on the CPU about 20x faster than along the strided k axis
-    return scores.view(b, k, -1).transpose(1, 2).contiguous().argmin(-1)      # (b, n)
+    # min(...).indices rather than argmin: on the CPU argmin along the short k axis is several
+    # times slower (and transposing first costs a copy)
+    return scores.view(b, k, -1).min(1).indices                                  # (b, n)
 
 
 def _means(X: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor, *, index_add: bool | None = None) -> torch.Tensor:
@@ -239,54 +241,160 @@ LINKAGES = ("single", "complete", "average", "ward")
 
 
 def _lance_williams(method: str, d_ki, d_kj, d_ij, n_i, n_j, n_k):
-    """Distance from cluster k to the union of i and j. Implements (hc-lw-minmax), (hc-lw-average), (hc-ward)."""
+    """Distance from cluster k to the union of i and j. Implements (hc-lw-minmax), (hc-lw-average), (hc-ward).
+
+    Works on NumPy arrays and on tensors alike (``k`` runs along the arrays).
+    """
     if method == "single":
-        return torch.minimum(d_ki, d_kj)
+        return d_ki.clip(max=d_kj) if isinstance(d_ki, np.ndarray) else torch.minimum(d_ki, d_kj)
     if method == "complete":
-        return torch.maximum(d_ki, d_kj)
+        return d_ki.clip(min=d_kj) if isinstance(d_ki, np.ndarray) else torch.maximum(d_ki, d_kj)
     if method == "average":
         return (n_i * d_ki + n_j * d_kj) / (n_i + n_j)
     total = n_i + n_j + n_k                                                      # ward
-    sq = ((n_i + n_k) * d_ki.square() + (n_j + n_k) * d_kj.square() - n_k * d_ij * d_ij) / total
-    return sq.clamp_min(0).sqrt()
+    sq = ((n_i + n_k) * d_ki * d_ki + (n_j + n_k) * d_kj * d_kj - n_k * d_ij * d_ij) / total
+    return sq.clip(min=0) ** 0.5
 
 
-def linkage(X, method: str = "ward", *, device=None) -> torch.Tensor:
+def _greedy(D: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """Merge the globally closest pair, n - 1 times: the definition, O(n^3). Returns (pairs, heights).
+
+    ``D`` is the ``(n, n)`` distance matrix with an infinite diagonal; it is overwritten.
+    """
+    n = len(D)
+    size = np.ones(n)
+    pairs, heights = np.empty((n - 1, 2), dtype=np.int64), np.empty(n - 1)
+    for t in range(n - 1):
+        i, j = sorted(divmod(int(D.argmin()), n))
+        pairs[t], heights[t] = (i, j), D[i, j]
+        _merge(D, size, method, i, j)
+    return pairs, heights
+
+
+def _nn_chain(D: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """The nearest-neighbour chain, O(n^2): the same merges as :func:`_greedy` for reducible linkages.
+
+    Grow a chain in which each cluster is the nearest neighbour of the one before it; when the top's
+    nearest neighbour is the cluster just below it (a reciprocal pair), merge the two and carry on
+    from what is left of the chain. Ties prefer the cluster below the top, so the chain never cycles.
+    Merges come out of height order; :func:`_scipy_layout` sorts them. ``D`` is overwritten.
+    """
+    n = len(D)
+    size = np.ones(n)
+    pairs, heights = np.empty((n - 1, 2), dtype=np.int64), np.empty(n - 1)
+    chain: list[int] = []
+    for t in range(n - 1):
+        if not chain:
+            chain.append(int(np.flatnonzero(size)[0]))
+        while True:
+            x = chain[-1]
+            row = D[x]
+            y = int(row.argmin())
+            if len(chain) > 1 and row[chain[-2]] <= row[y]:
+                break                                        # reciprocal nearest neighbours
+            chain.append(y)
+        y = chain.pop()
+        x = chain.pop()
+        i, j = min(x, y), max(x, y)
+        pairs[t], heights[t] = (i, j), D[i, j]
+        _merge(D, size, method, i, j)
+    return pairs, heights
+
+
+def _merge(D: np.ndarray, size: np.ndarray, method: str, i: int, j: int) -> None:
+    """Merge cluster ``i`` into ``j`` in place: row and column ``j`` get the Lance-Williams distances."""
+    new = _lance_williams(method, D[i], D[j], D[i, j], size[i], size[j], size)   # (n,) to every k
+    D[j, :] = new
+    D[:, j] = new
+    D[j, j] = math.inf
+    D[i, :] = math.inf                                       # cluster i is gone
+    D[:, i] = math.inf
+    size[j] += size[i]
+    size[i] = 0
+
+
+def _prim(D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Single linkage as a minimum spanning tree, grown by Prim's algorithm in O(n^2).
+
+    Returns the tree's ``n - 1`` edges ``(parent, child)`` and their lengths; sorted by length they
+    are single linkage's merges (the exercise on the page proves it).
+    """
+    n = len(D)
+    reach = D[0].copy()                                      # distance from the tree to each point
+    parent = np.zeros(n, dtype=np.int64)
+    in_tree = np.zeros(n, dtype=bool)
+    in_tree[0] = True
+    reach[0] = math.inf
+    pairs, heights = np.empty((n - 1, 2), dtype=np.int64), np.empty(n - 1)
+    for t in range(n - 1):
+        y = int(reach.argmin())
+        pairs[t], heights[t] = (parent[y], y), reach[y]
+        in_tree[y] = True
+        reach[y] = math.inf
+        closer = (D[y] < reach) & ~in_tree
+        reach[closer] = D[y][closer]
+        parent[closer] = y
+    return pairs, heights
+
+
+def _scipy_layout(pairs: np.ndarray, heights: np.ndarray, n: int) -> torch.Tensor:
+    """Sort merges by height (stably) and name clusters as SciPy does: merge ``t`` makes id ``n + t``.
+
+    ``pairs`` holds any point of each merged cluster; a union-find maps it to its cluster's id.
+    """
+    parent = list(range(2 * n - 1))
+    size = [1.0] * n + [0.0] * (n - 1)
+
+    def root(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    Z = np.empty((n - 1, 4))
+    for t, m in enumerate(np.argsort(heights, kind="stable")):
+        a, b = sorted((root(int(pairs[m, 0])), root(int(pairs[m, 1]))))
+        parent[a] = parent[b] = n + t
+        size[n + t] = size[a] + size[b]
+        Z[t] = a, b, heights[m], size[n + t]
+    return torch.from_numpy(Z)
+
+
+def linkage(X, method: str = "ward", *, algorithm: str = "fast", device=None) -> torch.Tensor:
     """Agglomerative clustering of the rows of ``X``; returns SciPy's ``(n - 1, 4)`` linkage matrix.
 
-    Starts from the Euclidean distances between points and repeatedly merges the closest pair of
-    clusters, updating distances to the merged cluster by the Lance-Williams formula of ``method``
-    (``"single"``, ``"complete"``, ``"average"`` or ``"ward"``). Implements (hc-lw-minmax),
-    (hc-lw-average) and (hc-ward), the updates of the linkages (hc-single) to (hc-average) and of
-    Ward's criterion (hc-ward-delta). Row ``t`` of the result is ``[a, b, height, size]``: clusters ``a < b`` merged at ``height`` into a cluster of
-    ``size`` points that gets id ``n + t`` (points are ids ``0 .. n-1``), the layout of
-    ``scipy.cluster.hierarchy.linkage``. Cost: ``O(n^2)`` memory, ``O(n^3)`` time (fine up to a few
-    thousand points). Ties are broken towards the lowest pair of current positions.
+    The definition: start from the Euclidean distances between points and repeatedly merge the
+    closest pair of clusters, updating distances to the merged cluster by the Lance-Williams
+    formula of ``method`` (``"single"``, ``"complete"``, ``"average"`` or ``"ward"``). Implements
+    (hc-lw-minmax), (hc-lw-average) and (hc-ward), the updates of the linkages (hc-single) to
+    (hc-average) and of Ward's criterion (hc-ward-delta).
+
+    ``algorithm="greedy"`` follows the definition literally: search the whole distance matrix at
+    each of the ``n - 1`` merges, ``O(n^3)`` time. ``"fast"`` (the default) gives the same tree in
+    ``O(n^2)``: a minimum spanning tree (Prim's algorithm) for single linkage, and for the other
+    three the nearest-neighbour chain, which is exact because these linkages are reducible
+    (proposition hc-chain). Both need ``O(n^2)`` memory. The distances are computed on ``device``;
+    the merging loop, sequential by nature, runs in NumPy on the CPU.
+
+    Row ``t`` of the result is ``[a, b, height, size]``: clusters ``a < b`` merged at ``height``
+    into a cluster of ``size`` points that gets id ``n + t`` (points are ids ``0 .. n-1``), the
+    layout of ``scipy.cluster.hierarchy.linkage``.
     """
     method = _checks.choice(method, "method", LINKAGES)
+    algorithm = _checks.choice(algorithm, "algorithm", ("fast", "greedy"))
     X = _as_data(X, device=device)
     n = X.shape[0]
     if n < 2:
         raise ValueError(f"linkage needs at least 2 points, got {n}")
-    D = squared_distances(X, X).sqrt_()                                          # (n, n)
-    D.fill_diagonal_(math.inf)
-    ids = list(range(n))                                    # ids[p]: scipy id of the cluster at position p
-    size = torch.ones(n, dtype=X.dtype, device=X.device)
-    Z = torch.empty(n - 1, 4, dtype=torch.float64)
-    for t in range(n - 1):
-        flat = int(D.argmin())
-        i, j = divmod(flat, n)
-        i, j = min(i, j), max(i, j)
-        d_ij = D[i, j].clone()
-        a, b = sorted((ids[i], ids[j]))
-        Z[t] = torch.tensor([a, b, float(d_ij), float(size[i] + size[j])], dtype=torch.float64)
-        new = _lance_williams(method, D[i], D[j], d_ij, size[i], size[j], size)  # (n,) to every k
-        D[i], D[:, i] = new, new
-        D[i, i] = math.inf
-        D[j], D[:, j] = math.inf, math.inf
-        size[i] += size[j]
-        ids[i], ids[j] = n + t, -1
-    return Z
+    D = squared_distances(X, X).sqrt_().cpu().numpy()                             # (n, n)
+    np.fill_diagonal(D, math.inf)
+    if algorithm == "greedy":
+        pairs, heights = _greedy(D, method)
+    elif method == "single":
+        pairs, heights = _prim(D)
+    else:
+        pairs, heights = _nn_chain(D, method)
+    return _scipy_layout(pairs, heights, n)
 
 
 def cut(Z, n_clusters: int) -> torch.Tensor:
