@@ -8,9 +8,11 @@ Every executable document of the book (the notebooks, and the pages written as M
 runs in a fresh kernel; the executed notebook goes into jupyter-cache at ``_build/.jupyter_cache``,
 where the book build (``execute_notebooks: cache``) picks it up instead of executing it again.
 
-The cache holds a notebook as long as its code cells are unchanged (jupyter-cache's own key) and
-the environment is unchanged: the library's source, ``requirements.txt``, ``pyproject.toml`` and
-the installed packages are hashed into a stamp, and a different stamp empties the cache.
+The cache holds a notebook as long as its code cells are unchanged (jupyter-cache's own key), the
+library modules it uses are unchanged (the modules its code names, with everything they import,
+hashed into the record: editing ``svm.py`` runs the SVM documents again, not the diffusion ones),
+and the environment is unchanged (``requirements.txt``, ``pyproject.toml``, the installed packages
+and Python are hashed into a stamp; a different stamp empties the cache).
 
 ``--check`` then, for every document:
 - compares the outputs of the cells tagged ``nbval-check-output`` with those stored in the
@@ -30,6 +32,7 @@ import importlib.metadata
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -103,14 +106,43 @@ def read(path: pathlib.Path):
 
 
 def environment_stamp() -> str:
-    """Hash of everything a notebook depends on besides its own code cells."""
+    """Hash of what every notebook depends on besides its own code and the library."""
     h = hashlib.sha256()
-    sources = sorted((ROOT / "lib").rglob("*.py")) + [ROOT / "requirements.txt", ROOT / "pyproject.toml"]
-    for path in sources:
+    for path in [ROOT / "requirements.txt", ROOT / "pyproject.toml"]:
         h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
-    packages = sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions())
+    packages = sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()
+                      if d.metadata["Name"] != "mlbook")
     h.update("\n".join(packages).encode())
     h.update(sys.version.encode())
+    return h.hexdigest()
+
+
+LIB = ROOT / "lib" / "mlbook"
+_RELATIVE = re.compile(r"^\s*from \.(\w*) import (\([^)]*\)|[^\n#]*)", re.MULTILINE)
+_NAMED = re.compile(r"mlbook\.(\w+)|from mlbook import (\([^)]*\)|[^\n#]*)")
+
+
+def _imports(text: str, modules: set[str], pattern: re.Pattern) -> set[str]:
+    """Library modules imported in ``text``: ``from .x import ...``, ``from . import x, y``."""
+    found = set()
+    for sub, names in pattern.findall(text):
+        found.add(sub)
+        found.update(n.split(" as ")[0].strip() for n in names.strip("()").split(","))
+    return found & modules
+
+
+def library_stamp(nb) -> str:
+    """Hash of the library modules a document uses: those its code names, and what they import."""
+    modules = {p.stem for p in LIB.glob("*.py")}
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    todo, seen = _imports(code, modules, _NAMED) | {"__init__"}, set()
+    while todo:
+        name = todo.pop()
+        seen.add(name)
+        todo |= _imports((LIB / f"{name}.py").read_text(), modules, _RELATIVE) - seen
+    h = hashlib.sha256()
+    for name in sorted(seen):
+        h.update(name.encode() + b"\0" + (LIB / f"{name}.py").read_bytes() + b"\0")
     return h.hexdigest()
 
 
@@ -128,7 +160,7 @@ def open_cache():
     stamp, path = environment_stamp(), CACHE / STAMP
     if not path.exists() or path.read_text() != stamp:
         if any(True for _ in cache.list_cache_records()):
-            print("library, requirements or packages changed: executing every document again")
+            print("requirements, packages or Python changed: executing every document again")
         cache.clear_cache()
         cache = get_cache(str(CACHE))
         CACHE.mkdir(parents=True, exist_ok=True)
@@ -179,16 +211,18 @@ def _execute(path_text: str) -> dict:
             "cpu": usage.get("cpu", float("nan"))}
 
 
-def execute(paths: list[pathlib.Path], jobs: int) -> tuple[dict, dict]:
+def execute(paths: list[pathlib.Path], jobs: int, cache=None) -> tuple[dict, dict]:
     """Execute the documents the cache lacks. Returns (timings, errors), keyed by path."""
     import nbformat
     from jupyter_cache.base import CacheBundleIn
 
-    cache = open_cache()
-    timings, errors, todo = {}, {}, []
+    cache = cache or open_cache()
+    timings, errors, todo, stamps = {}, {}, [], {}
     for path in paths:
-        record = cached(cache, read(path))
-        if record is None:
+        nb = read(path)
+        stamps[path] = library_stamp(nb)              # taken before running: edits during a run count
+        record = cached(cache, nb)
+        if record is None or (record.data or {}).get("library") != stamps[path]:
             todo.append(path)
         else:
             data = record.data or {}
@@ -207,7 +241,8 @@ def execute(paths: list[pathlib.Path], jobs: int) -> tuple[dict, dict]:
             nb = nbformat.reads(result["nb"], as_version=4)
             cache.cache_notebook_bundle(
                 CacheBundleIn(nb, str(path), data={"execution_seconds": result["wall"],
-                                                   "cpu_seconds": result["cpu"]}),
+                                                   "cpu_seconds": result["cpu"],
+                                                   "library": stamps[path]}),
                 check_validity=False, overwrite=True)
             timings[path] = (result["wall"], result["cpu"], False)
             print(f"{result['wall']:6.1f} s wall {result['cpu']:6.1f} s CPU  {rel}", flush=True)
@@ -285,9 +320,9 @@ def _show(values: list) -> str:
     return "\n".join(v if isinstance(v, str) else json.dumps(v) for v in values)
 
 
-def check(paths: list[pathlib.Path]) -> dict[pathlib.Path, list[str]]:
+def check(paths: list[pathlib.Path], cache=None) -> dict[pathlib.Path, list[str]]:
     """Compare every document's checked outputs with the executed ones from the cache."""
-    cache = open_cache()
+    cache = cache or open_cache()
     found = {}
     for path in paths:
         stored = read(path)
@@ -341,12 +376,13 @@ def main(argv=None) -> int:
     if missing:
         parser.error(f"no such document: {missing}")
     start = time.perf_counter()
-    timings, errors = execute(paths, args.jobs)
+    cache = open_cache()
+    timings, errors = execute(paths, args.jobs, cache)
     print(f"execution: {time.perf_counter() - start:.0f} s")
     if not args.check:
         return 1 if errors else 0
     over = report(timings, paths)
-    mismatches = check([p for p in paths if p not in errors])
+    mismatches = check([p for p in paths if p not in errors], cache)
     for path, problems in mismatches.items():
         print(f"\nCHECKED OUTPUT CHANGED  {path.relative_to(ROOT)}")
         for problem in problems:

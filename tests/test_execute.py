@@ -1,4 +1,4 @@
-"""tests/execute.py: the output check (as strict as nbval's) and the cache's environment stamp."""
+"""tests/execute.py: the output check (as strict as nbval's) and the cache's stamps."""
 
 import nbformat
 import pytest
@@ -69,16 +69,41 @@ def test_carriage_returns_are_applied_as_a_terminal_would():
     assert execute.compare(notebook(cell("t", [stream("10%\rdone\n")])), stored) == []
 
 
-def test_the_environment_stamp_follows_the_library_source(tmp_path, monkeypatch):
-    (tmp_path / "lib").mkdir()
-    (tmp_path / "lib" / "m.py").write_text("x = 1\n")
+def test_the_environment_stamp_follows_the_requirements(tmp_path, monkeypatch):
     for name in ("requirements.txt", "pyproject.toml"):
         (tmp_path / name).write_text("")
     monkeypatch.setattr(execute, "ROOT", tmp_path)
     before = execute.environment_stamp()
     assert execute.environment_stamp() == before
-    (tmp_path / "lib" / "m.py").write_text("x = 2\n")
+    (tmp_path / "requirements.txt").write_text("numpy\n")
     assert execute.environment_stamp() != before
+
+
+def _code_notebook(code: str):
+    import nbformat
+    return nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+
+
+def test_the_library_stamp_follows_the_modules_a_document_uses(tmp_path, monkeypatch):
+    lib = tmp_path / "mlbook"
+    lib.mkdir()
+    (lib / "__init__.py").write_text("from .device import get_device\n")
+    (lib / "device.py").write_text("x = 1\n")
+    (lib / "svm.py").write_text("from . import _checks\nfrom .device import get_device\n")
+    (lib / "_checks.py").write_text("y = 1\n")
+    (lib / "flows.py").write_text("z = 1\n")
+    monkeypatch.setattr(execute, "LIB", lib)
+    svm_doc = _code_notebook("from mlbook import (plot,\n    svm)\nimport torch")
+    flows_doc = _code_notebook("import mlbook.flows as F")
+    before = execute.library_stamp(svm_doc), execute.library_stamp(flows_doc)
+    (lib / "flows.py").write_text("z = 2\n")                        # used by one document only
+    assert execute.library_stamp(svm_doc) == before[0]
+    assert execute.library_stamp(flows_doc) != before[1]
+    (lib / "_checks.py").write_text("y = 2\n")                      # imported by svm.py
+    assert execute.library_stamp(svm_doc) != before[0]
+    flows_now = execute.library_stamp(flows_doc)
+    (lib / "device.py").write_text("x = 2\n")                       # imported by the package
+    assert execute.library_stamp(flows_doc) != flows_now
 
 
 def test_documents_are_the_books_notebooks_and_executable_pages():
