@@ -146,7 +146,8 @@ def test_fokker_planck_max_dt_only_refines_the_steps():
     a = sde.fokker_planck_1d(drift, g, p0, x, [0.0, 0.3])
     b = sde.fokker_planck_1d(drift, g, p0, x, [0.0, 0.3], max_dt=1e-4)
     want = normal_pdf(x, *sde.ou_marginal(0.5, 0.2, 1.0, 1.0, 0.3))
-    # the default step (0.4 dx^2 / g^2 = 1e-3) and a tenth of it differ by O(dt): measured 1.1e-4
+    # the default step (0.9 over the largest outflow rate, about 0.9 dx^2 / g^2 = 2e-3 here) and
+    # a much smaller one differ by O(dt)
     assert 0 < sde.total_variation(a[1], b[1], dx) < 5e-4
     assert sde.total_variation(b[1], want, dx) < 1e-3
 
@@ -231,3 +232,43 @@ def test_euler_maruyama_rejects_bad_inputs():
         sde.euler_maruyama(drift, g, [0.0, 1.0], [0.0, 1.0])
     with pytest.raises(TypeError):
         sde.euler_maruyama(drift, g, torch.zeros(3, dtype=torch.long), [0.0, 1.0])
+
+
+@pytest.mark.parametrize("s, tv_bound", [(0.1, 0.05), (0.05, 0.1), (0.0, 0.1)])
+def test_fokker_planck_stays_a_density_when_drift_dominates(s, tv_bound):
+    # OU with theta = 1 on 401 cells: at s = 0.1 the cell Peclet number |F| dx / (g^2/2) reaches
+    # 25, where central fluxes make the density negative and explicit steps blow it up. The
+    # Scharfetter-Gummel fluxes keep it a density; what is left is the grid's resolution (the
+    # stationary std at s = 0.1 is 3 cells). Measured TV at t = 1: 0.027, 0.065, 0.085.
+    x, dx = grid(401)
+    drift, g = ou(1.0, s)
+    ts = [0.0, 1.0, 4.0]
+    p = sde.fokker_planck_1d(drift, g, normal_pdf(x, 1.0, 0.09), x, ts)
+    assert float(p.min()) >= 0.0
+    for k, t in enumerate(ts):
+        assert float(p[k].sum()) * dx == pytest.approx(float(p[0].sum()) * dx, abs=1e-12)
+    m, v = sde.ou_marginal(1.0, 0.09, 1.0, s, 1.0)
+    assert sde.total_variation(p[1], normal_pdf(x, m, v), dx) < tv_bound
+
+
+def test_fokker_planck_converges_when_drift_dominates():
+    # s = 0.1 on [-1, 2]: the error halves with dx (first order, the upwind limit of the flux).
+    drift, g = ou(1.0, 0.1)
+    m, v = sde.ou_marginal(1.0, 0.09, 1.0, 0.1, 1.0)
+    errors = []
+    for n in (401, 801):
+        x, dx = grid(n, -1.0, 2.0)
+        p = sde.fokker_planck_1d(drift, g, normal_pdf(x, 1.0, 0.09), x, [0.0, 1.0])
+        errors.append(sde.total_variation(p[1], normal_pdf(x, m, v), dx))
+    assert errors[1] < 2.5e-3                                        # measured 1.6e-3
+    assert errors[0] / errors[1] == pytest.approx(2.0, rel=0.25)     # measured 2.0
+
+
+def test_fokker_planck_rejects_bad_steps_and_non_finite_drift():
+    x, _ = grid(101)
+    p0 = normal_pdf(x, 0.0, 0.5)
+    drift, g = ou(1.0, 1.0)
+    with pytest.raises(ValueError, match="max_dt"):
+        sde.fokker_planck_1d(drift, g, p0, x, [0.0, 0.1], max_dt=0.0)
+    with pytest.raises(ValueError, match="not finite"):
+        sde.fokker_planck_1d(lambda y, t: y / 0.0, g, p0, x, [0.0, 0.1])

@@ -66,14 +66,32 @@ def langevin(grad_log_density: Callable, x: torch.Tensor, step_size: float, n_st
     return x
 
 
+def _bernoulli(z: torch.Tensor) -> torch.Tensor:
+    """B(z) = z / (e^z - 1) for z >= 0, with B(0) = 1 (the Scharfetter-Gummel weight)."""
+    small = z < 1e-6
+    return torch.where(small, 1 - z / 2, z / torch.expm1(torch.where(small, torch.ones_like(z), z)))
+
+
 def fokker_planck_1d(drift: Callable, g: Callable, p0: torch.Tensor, grid: torch.Tensor, ts, *,
                      max_dt: float | None = None) -> torch.Tensor:
     """Solve dp/dt = -d(F p)/dx + g^2/2 d^2p/dx^2 on a uniform grid, eq. (sde-fokker-planck).
 
-    Finite volumes with zero-flux walls (probability is conserved exactly), central differences for
-    the drift flux, explicit time steps below the diffusive stability limit. ``p0`` is the density
-    at the cell centres ``grid`` at time ``ts[0]``; returns the density at every time in ``ts``,
-    shape ``(len(ts), len(grid))``. ``drift(x, t)`` and ``g(t)`` as in :func:`euler_maruyama`.
+    Finite volumes with zero-flux walls, so probability is conserved exactly. The flux through the
+    face between cells L and R is Scharfetter-Gummel's, exact for a constant drift between the two
+    cell centres: with D = g^2/2 and the cell Peclet number P = F dx / D,
+
+        flux = F+ p_L - F- p_R + (D / dx) B(|P|) (p_L - p_R),     B(z) = z / (e^z - 1),
+
+    where F+ = max(F, 0) and F- = max(-F, 0). Where diffusion dominates (P -> 0) it is the central
+    scheme, second order in dx; where drift dominates (|P| large, or g = 0) it is upwind. Explicit
+    time steps: each step maps the density through a matrix with non-negative entries whose
+    columns sum to one when dt is at most the inverse of the largest outflow rate of a cell, so
+    the density stays non-negative and its total variation cannot grow, at any noise level (the
+    step used is 0.9 of that bound, or ``max_dt`` if smaller).
+
+    ``p0`` is the density at the cell centres ``grid`` at time ``ts[0]``; returns the density at
+    every time in ``ts``, shape ``(len(ts), len(grid))``. ``drift(x, t)`` and ``g(t)`` as in
+    :func:`euler_maruyama`.
     """
     _checks.tensor(grid, "grid", ndim=1, floating=True, min_rows=3)
     _checks.tensor(p0, "p0", ndim=1, floating=True)
@@ -83,24 +101,36 @@ def fokker_planck_1d(drift: Callable, g: Callable, p0: torch.Tensor, grid: torch
     if dx <= 0 or not torch.allclose(grid.diff().double(), torch.full_like(grid[1:], dx, dtype=torch.float64),
                                      rtol=1e-4, atol=0):     # 1e-4: float32 linspace grids pass
         raise ValueError("grid must be uniformly spaced and increasing")
+    if max_dt is not None:
+        max_dt = _checks.real(max_dt, "max_dt", positive=True)
     ts = ode.check_grid(ts)
     if not bool((ts.diff() > 0).all()):
         raise ValueError("ts must increase")
-    faces = (grid[:-1] + grid[1:]) / 2
+    faces = (grid[:-1] + grid[1:]).double() / 2
     p = p0.double().clone()
     out = [p.clone()]
     t = float(ts[0])
     for t_next in ts[1:].tolist():
         while t < t_next - 1e-15:
-            g2 = float(g(t)) ** 2
-            f = drift(faces.double(), t)
-            # Stable explicit step: diffusion needs dt <= dx^2 / g^2; drift needs dt |F| <= dx.
-            limit = 0.4 * dx * dx / max(g2, 1e-12)
-            limit = min(limit, 0.4 * dx / max(float(f.abs().max()), 1e-12))
+            half_g2 = 0.5 * float(g(t)) ** 2
+            f = drift(faces, t).double()                                        # (cells - 1,)
+            if not bool(torch.isfinite(f).all()) or not math.isfinite(half_g2):
+                raise ValueError(f"drift or g is not finite at t = {t:.4g}")
+            up, down = f.clamp_min(0), (-f).clamp_min(0)
+            if half_g2 > 0:
+                mix = half_g2 / dx * _bernoulli(f.abs() * dx / half_g2)        # (D/dx) B(|P|)
+            else:
+                mix = torch.zeros_like(f)
+            # Outflow rate of each cell: to the right through its right face, to the left through
+            # its left face. A step of at most 1/rate keeps every coefficient non-negative.
+            rate = torch.zeros_like(p)
+            rate[:-1] += up + mix
+            rate[1:] += down + mix
+            limit = 0.9 * dx / max(float(rate.max()), 1e-300)
             if max_dt is not None:
                 limit = min(limit, max_dt)
             dt = min(limit, t_next - t)
-            flux = f * 0.5 * (p[:-1] + p[1:]) - 0.5 * g2 * (p[1:] - p[:-1]) / dx   # at interior faces
+            flux = up * p[:-1] - down * p[1:] + mix * (p[:-1] - p[1:])        # at interior faces
             dp = torch.zeros_like(p)
             dp[:-1] -= flux / dx
             dp[1:] += flux / dx
