@@ -321,3 +321,101 @@ def test_pca_wide_data_both_solvers_agree():
     np.testing.assert_allclose(a.explained_variance_ratio_[:7].numpy(), b.explained_variance_ratio_[:7].numpy(), rtol=1e-8)
     np.testing.assert_allclose(a.components_[:7].numpy(), b.components_[:7].numpy(), atol=1e-7)
     assert float(a.explained_variance_ratio_[7]) < 1e-12                          # rank n - 1 after centring
+
+
+# ------------------------------------------------------------------ PCA variants, PPCA, kernel PCA
+
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+    return load_digits().data[:300]                                               # (300, 64)
+
+
+@pytest.mark.parametrize("solver", ["svd", "eigh", "gram"])
+def test_whitened_pca_matches_scikit_learn(solver, digits):
+    ours = U.PCA(8, solver=solver, whiten=True).fit(digits)
+    ref = SkPCA(8, whiten=True).fit(digits)
+    np.testing.assert_allclose(ours.transform(digits).numpy(), ref.transform(digits), atol=1e-10)
+    Z = ours.transform(digits)
+    np.testing.assert_allclose(torch.cov(Z.T).numpy(), np.eye(8), atol=1e-10)    # identity covariance
+    np.testing.assert_allclose(ours.inverse_transform(Z).numpy(), ref.inverse_transform(Z.numpy()),
+                               atol=1e-9)
+
+
+def test_gram_solver_when_features_outnumber_samples():
+    X = np.random.default_rng(0).standard_normal((20, 300))                       # d > n
+    gram = U.PCA(10, solver="gram").fit(X)
+    svd = U.PCA(10).fit(X)
+    np.testing.assert_allclose(gram.components_.numpy(), svd.components_.numpy(), atol=1e-10)
+    np.testing.assert_allclose(gram.explained_variance_.numpy(), svd.explained_variance_.numpy(), rtol=1e-10)
+    assert U.PCA(solver="gram").fit(X).n_components_ == 20
+
+
+def test_probabilistic_pca_likelihood_matches_scikit_learn(digits):
+    ours, ref = U.PCA(10).fit(digits), SkPCA(10).fit(digits)
+    assert ours.noise_variance_ == pytest.approx(ref.noise_variance_, rel=1e-12)
+    np.testing.assert_allclose(ours.get_covariance().numpy(), ref.get_covariance(), atol=1e-10)
+    assert ours.score(digits) == pytest.approx(ref.score(digits), rel=1e-12)
+
+
+def test_ppca_em_reaches_the_closed_form(digits):
+    W, sigma2, history = U.ppca_em(digits, 6, n_iter=300, generator=gen(0))
+    Xc = digits - digits.mean(0)
+    evals = np.sort(np.linalg.eigvalsh(Xc.T @ Xc / len(digits)))[::-1]
+    assert sigma2 == pytest.approx(evals[6:].mean(), rel=1e-6)       # the mean of the discarded ones
+    assert all(b >= a - 1e-9 for a, b in zip(history, history[1:]))  # EM never lowers the likelihood
+    # W W^T is the closed form's: V (Lambda - sigma^2) V^T on the top 6 eigenvectors
+    V = np.linalg.eigh(Xc.T @ Xc / len(digits))[1][:, ::-1][:, :6]
+    want = (V * (evals[:6] - evals[6:].mean())) @ V.T
+    np.testing.assert_allclose((W @ W.T).numpy(), want, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("kernel, gamma", [("rbf", 1e-3), ("linear", None)])
+def test_kernel_pca_matches_scikit_learn(kernel, gamma, digits):
+    from sklearn.decomposition import KernelPCA as SkKernelPCA
+    ours = U.KernelPCA(5, kernel=kernel, gamma=gamma).fit(digits)
+    ref = SkKernelPCA(5, kernel=kernel, gamma=gamma).fit(digits)
+    np.testing.assert_allclose(ours.eigenvalues_.numpy(), ref.eigenvalues_, rtol=1e-9)
+    new = digits[:40] + 0.5
+    A, B = ours.transform(new).numpy(), ref.transform(new)
+    np.testing.assert_allclose(np.abs(A), np.abs(B), atol=1e-8)           # up to a sign per column
+    np.testing.assert_allclose(ours.fit_transform(digits).numpy(), ours.transform(digits).numpy(),
+                               atol=1e-8)
+
+
+def test_linear_kernel_pca_is_pca(digits):
+    Z = U.KernelPCA(4, kernel="linear").fit_transform(digits).numpy()
+    P = U.PCA(4).fit_transform(digits).numpy()
+    np.testing.assert_allclose(np.abs(Z), np.abs(P), atol=1e-8)
+
+
+def test_silhouette_matches_scikit_learn(blobs):
+    from sklearn.metrics import silhouette_samples as sk_samples, silhouette_score as sk_score
+    labels = U.KMeans(4, generator=gen(0)).fit(blobs).labels_.numpy()
+    np.testing.assert_allclose(U.silhouette_samples(blobs, labels).numpy(), sk_samples(blobs, labels),
+                               atol=1e-9)                      # scikit-learn's distances round more
+    labels[0] = 9                                                            # a singleton cluster scores 0
+    assert U.silhouette_score(blobs, labels) == pytest.approx(sk_score(blobs, labels), abs=1e-9)
+
+
+def test_gap_statistic_finds_four_blobs():
+    from sklearn.datasets import make_blobs
+    X, _ = make_blobs(300, 4, centers=4, random_state=0)
+    result = U.gap_statistic(X, [1, 2, 3, 4, 5, 6], n_refs=8, generator=gen(0))
+    assert result["k"] == 4
+    assert result["gap"][3] > result["gap"][0] + 1.0
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: U.PCA(solver="lanczos"), "solver must be one of"),
+    (lambda: U.ppca_em(POINTS, 2), "smaller than the number of features"),
+    (lambda: U.KernelPCA(2, kernel="poly").fit(POINTS), "kernel must be one of"),
+    (lambda: U.KernelPCA(9).fit(POINTS), "larger than the number of samples"),
+    (lambda: U.KernelPCA(2).transform(POINTS), "not fitted"),
+    (lambda: U.silhouette_score(POINTS, [0, 0, 0, 0, 0]), "2 to n - 1 clusters"),
+    (lambda: U.silhouette_score(POINTS, [0, 1]), "labels must have shape"),
+    (lambda: U.gap_statistic(POINTS, [3, 2]), "increasing"),
+])
+def test_new_estimators_reject_bad_input(call, message):
+    with pytest.raises((ValueError, TypeError, RuntimeError), match=message):
+        call()

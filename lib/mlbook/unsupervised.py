@@ -9,8 +9,11 @@ run gives the same clustering on every device. Equation labels refer to ``book/u
   k-means++ (km-pp) or by centres you pass; scikit-learn's ``KMeans`` is the reference.
 - :func:`linkage` and :class:`AgglomerativeClustering`: greedy merging with the Lance-Williams
   updates (hc-lw-minmax, hc-lw-average, hc-ward), returning SciPy's linkage matrix; :func:`cut` reads flat clusters off it.
-- :class:`PCA`: principal components by the SVD of the centred data (pca-svd) or the eigenvectors of its
-  covariance (pca-eig); scikit-learn's ``PCA`` is the reference.
+- :class:`PCA`: principal components by the SVD of the centred data (pca-svd), the eigenvectors of its
+  covariance (pca-eig) or of its Gram matrix (pca-gram), optionally whitened, with the probabilistic
+  PCA likelihood; scikit-learn's ``PCA`` is the reference. :func:`ppca_em` fits probabilistic PCA
+  by EM; :class:`KernelPCA` is PCA in a kernel's feature space (scikit-learn's ``KernelPCA``).
+- :func:`silhouette_score` and :func:`gap_statistic`: two ways of choosing the number of clusters.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from . import _checks
 from .device import get_device
 
 __all__ = ["squared_distances", "kmeans_plusplus", "lloyd", "KMeans", "LINKAGES", "linkage", "cut",
-           "AgglomerativeClustering", "PCA"]
+           "AgglomerativeClustering", "PCA", "ppca_em", "KernelPCA", "silhouette_samples",
+           "silhouette_score", "gap_statistic"]
 
 
 def _as_data(X, name: str = "X", *, n_features: int | None = None, device=None) -> torch.Tensor:
@@ -465,17 +469,23 @@ class PCA:
     Args:
         n_components: an integer ``1 .. min(n_samples, n_features)``; a float in ``(0, 1)``, the smallest
             number of components whose explained-variance ratios sum to at least it; or ``None`` for all.
-        solver: ``"svd"`` (SVD of the centred data, eq. pca-svd) or ``"eigh"`` (eigenvectors of the
-            covariance matrix, eq. pca-eig: faster when there are many more rows than columns).
+        solver: ``"svd"`` (SVD of the centred data, eq. pca-svd), ``"eigh"`` (eigenvectors of the
+            ``d x d`` covariance matrix, eq. pca-eig: faster when there are many more rows than
+            columns) or ``"gram"`` (eigenvectors of the ``n x n`` Gram matrix, eq. pca-gram: faster
+            when there are many more columns than rows).
+        whiten: divide the coordinates by their standard deviations, so that the transformed data
+            has identity covariance (eq. pca-whiten).
         device: where to compute (see :class:`KMeans`).
 
     Signs follow scikit-learn's convention: in each component the entry of largest magnitude is positive.
     Attributes after ``fit``: ``components_ (m, d)``, ``explained_variance_ (m,)``,
     ``explained_variance_ratio_ (m,)``, ``singular_values_ (m,)``, ``mean_ (d,)``, ``n_components_``,
-    ``n_features_in_``.
+    ``n_features_in_``, and ``noise_variance_``, the mean of the discarded eigenvalues: the
+    maximum-likelihood noise variance of probabilistic PCA (eq. ppca-sigma), which
+    :meth:`score_samples` uses. Variances use the ``n - 1`` denominator, as scikit-learn does.
     """
 
-    def __init__(self, n_components=None, *, solver: str = "svd", device=None):
+    def __init__(self, n_components=None, *, solver: str = "svd", whiten: bool = False, device=None):
         if n_components is not None:
             if isinstance(n_components, bool) or not isinstance(n_components, numbers.Real):
                 raise TypeError(f"n_components must be an integer, a float in (0, 1) or None, got {n_components!r}")
@@ -484,10 +494,12 @@ class PCA:
             elif not 0.0 < float(n_components) < 1.0:
                 raise ValueError(f"a fractional n_components must lie in (0, 1), got {n_components}")
         self.n_components = n_components
-        self.solver = _checks.choice(solver, "solver", ["svd", "eigh"])
+        self.solver = _checks.choice(solver, "solver", ["svd", "eigh", "gram"])
+        self.whiten = bool(whiten)
         self.device = device
         self.components_ = self.explained_variance_ = self.explained_variance_ratio_ = None
         self.singular_values_ = self.mean_ = self.n_components_ = self.n_features_in_ = None
+        self.noise_variance_ = None
 
     def fit(self, X, y=None) -> "PCA":
         X = _as_data(X, device=self.device)
@@ -502,6 +514,16 @@ class PCA:
         if self.solver == "svd":
             _, S, Vt = torch.linalg.svd(Xc, full_matrices=False)                 # S (r,), Vt (r, d)
             variance = S.square() / (n - 1)
+        elif self.solver == "gram":
+            # eq. pca-gram: if (Xc Xc^T) u = s^2 u, then v = Xc^T u / s is a unit eigenvector of
+            # Xc^T Xc with the same eigenvalue s^2
+            evals, U = torch.linalg.eigh(Xc @ Xc.T)                              # (n,), (n, n)
+            evals, U = evals.flip(0)[:limit].clamp_min(0), U.flip(1)[:, :limit]
+            S = evals.sqrt()
+            keep = S > S[0] * 1e-12                                    # directions with variance
+            Vt = torch.zeros(limit, d, dtype=X.dtype, device=X.device)
+            Vt[keep] = (Xc.T @ U[:, keep] / S[keep]).T
+            variance = evals / (n - 1)
         else:
             evals, evecs = torch.linalg.eigh(Xc.T @ Xc / (n - 1))                # ascending
             variance = evals.flip(0)[:limit].clamp_min(0)
@@ -518,6 +540,8 @@ class PCA:
         self.components_, self.explained_variance_ = Vt[:m], variance[:m]
         self.explained_variance_ratio_, self.singular_values_ = ratio[:m], S[:m]
         self.mean_, self.n_components_, self.n_features_in_ = mean, m, d
+        # eq. ppca-sigma: the mean of the d - m discarded eigenvalues (those beyond min(n, d) are 0)
+        self.noise_variance_ = float(variance[m:].sum()) / (d - m) if m < d else 0.0
         return self
 
     def _count(self, ratio: torch.Tensor, limit: int) -> int:
@@ -532,13 +556,211 @@ class PCA:
         """Coordinates ``z = V^T (x - mean)`` of each row on the components, ``(n, m)``. Implements (pca-project)."""
         _checks.fitted(self, "components_")
         X = _as_data(X, n_features=self.n_features_in_, device=self.mean_.device)
-        return (X - self.mean_) @ self.components_.T
+        Z = (X - self.mean_) @ self.components_.T
+        return Z / self.explained_variance_.sqrt() if self.whiten else Z
 
     def fit_transform(self, X, y=None) -> torch.Tensor:
         return self.fit(X).transform(X)
+
+    def get_covariance(self) -> torch.Tensor:
+        """Covariance of probabilistic PCA, ``W W^T + sigma^2 I`` (eq. ppca-cov), ``(d, d)``.
+
+        With ``W = V (Lambda - sigma^2 I)^{1/2}`` (eq. ppca-W) this is ``V (Lambda - sigma^2) V^T + sigma^2 I``.
+        """
+        _checks.fitted(self, "components_")
+        V, lam = self.components_, self.explained_variance_
+        eye = torch.eye(self.n_features_in_, dtype=V.dtype, device=V.device)
+        return (V.T * (lam - self.noise_variance_)) @ V + self.noise_variance_ * eye
+
+    def score_samples(self, X) -> torch.Tensor:
+        """Log-density of each row under probabilistic PCA, ``N(mean, W W^T + sigma^2 I)``, ``(n,)``."""
+        _checks.fitted(self, "components_")
+        X = _as_data(X, n_features=self.n_features_in_, device=self.mean_.device)
+        C = self.get_covariance()
+        L = torch.linalg.cholesky(C)
+        r = torch.linalg.solve_triangular(L, (X - self.mean_).T, upper=False)   # (d, n)
+        logdet = 2 * L.diagonal().log().sum()
+        return -0.5 * (r.square().sum(0) + logdet + self.n_features_in_ * math.log(2 * math.pi))
+
+    def score(self, X, y=None) -> float:
+        """Mean log-likelihood of the rows under probabilistic PCA (as scikit-learn's ``PCA.score``)."""
+        return float(self.score_samples(X).mean())
 
     def inverse_transform(self, Z) -> torch.Tensor:
         """Reconstruction ``mean + V z`` from ``(n, m)`` coordinates. Implements (pca-reconstruct)."""
         _checks.fitted(self, "components_")
         Z = _as_data(Z, "Z", n_features=self.n_components_, device=self.mean_.device)
+        if self.whiten:
+            Z = Z * self.explained_variance_.sqrt()
         return Z @ self.components_ + self.mean_
+
+
+# --------------------------------------------------------------------------- probabilistic PCA
+
+def ppca_em(X, n_components: int, *, n_iter: int = 200, generator: torch.Generator | None = None,
+            device=None) -> tuple[torch.Tensor, float, list[float]]:
+    """Fit probabilistic PCA ``x = W z + mean + noise`` by EM, without eigendecomposing anything.
+
+    The E step takes the posterior of each code, ``z | x ~ N(M^{-1} W^T (x - mean), sigma^2 M^{-1})``
+    with ``M = W^T W + sigma^2 I``; the M step maximises the expected complete-data log-likelihood
+    (eqs. ppca-em-W and ppca-em-sigma), written with the covariance ``S`` of the data
+    (denominator ``n``). Each iteration cannot lower the likelihood; its fixed point is the closed
+    form of eqs. ppca-W and ppca-sigma, which the notebook checks.
+
+    Returns ``(W (d, m), sigma2, log_likelihoods)``: the mean log-likelihood per row after each
+    iteration (as a list of floats).
+    """
+    X = _as_data(X, device=device)
+    n, d = X.shape
+    m = _checks.integer(n_components, "n_components", minimum=1)
+    if m >= d:
+        raise ValueError(f"n_components must be smaller than the number of features ({d}), got {m}")
+    n_iter = _checks.integer(n_iter, "n_iter", minimum=1)
+    Xc = X - X.mean(0)
+    S = Xc.T @ Xc / n                                                            # (d, d)
+    W = torch.randn(d, m, generator=generator, dtype=torch.float64).to(X)
+    sigma2 = float(S.diagonal().mean())
+    eye_m, eye_d = torch.eye(m, dtype=X.dtype, device=X.device), torch.eye(d, dtype=X.dtype, device=X.device)
+    history = []
+    for _ in range(n_iter):
+        Minv = torch.linalg.inv(W.T @ W + sigma2 * eye_m)                        # (m, m)
+        SW = S @ W                                                               # (d, m)
+        W_new = SW @ torch.linalg.inv(sigma2 * eye_m + Minv @ W.T @ SW)          # eq. ppca-em-W
+        sigma2 = float(torch.trace(S - SW @ Minv @ W_new.T)) / d                 # eq. ppca-em-sigma
+        W = W_new
+        C = W @ W.T + sigma2 * eye_d
+        _, logdet = torch.linalg.slogdet(C)
+        history.append(float(-0.5 * (d * math.log(2 * math.pi) + logdet
+                                     + torch.trace(torch.linalg.solve(C, S)))))
+    return W, sigma2, history
+
+
+# --------------------------------------------------------------------------- kernel PCA
+
+def _kernel(A: torch.Tensor, B: torch.Tensor, kernel: str, gamma: float) -> torch.Tensor:
+    if kernel == "linear":
+        return A @ B.T
+    return torch.exp(-gamma * squared_distances(A, B))                          # rbf
+
+
+class KernelPCA:
+    """Kernel PCA: PCA of the features ``phi(x)`` of a kernel, computed from the kernel matrix alone.
+
+    Implements eqs. kpca-centre and kpca-eig: centre the ``n x n`` kernel matrix in feature space,
+    ``K~ = K - 1K - K1 + 1K1`` (``1`` the matrix with every entry ``1/n``), take its leading
+    eigenvectors ``u_j`` with eigenvalues ``mu_j``, and give a point the coordinates
+    ``sum_i u_ij k~(x_i, x) / sqrt(mu_j)``. With the linear kernel this is PCA (the Gram route).
+
+    Args:
+        n_components: number of components ``m``.
+        kernel: ``"rbf"`` (``exp(-gamma |x - x'|^2)``) or ``"linear"``.
+        gamma: the RBF width parameter (default ``1 / d``, as scikit-learn's).
+        device: where to compute (see :class:`KMeans`).
+
+    Attributes after ``fit``: ``eigenvalues_ (m,)`` (of the centred kernel matrix), ``alphas_ (n, m)``
+    (unit eigenvectors), ``X_fit_``, ``n_features_in_``. Signs: as :class:`PCA`, on ``alphas_``.
+    """
+
+    def __init__(self, n_components: int = 2, *, kernel: str = "rbf", gamma: float | None = None, device=None):
+        self.n_components, self.kernel, self.gamma, self.device = n_components, kernel, gamma, device
+        self.eigenvalues_ = self.alphas_ = self.X_fit_ = self.n_features_in_ = None
+
+    def fit(self, X, y=None) -> "KernelPCA":
+        m = _checks.integer(self.n_components, "n_components", minimum=1)
+        _checks.choice(self.kernel, "kernel", ["rbf", "linear"])
+        X = _as_data(X, device=self.device)
+        n, d = X.shape
+        if m > n:
+            raise ValueError(f"n_components={m} is larger than the number of samples ({n})")
+        self._gamma = 1.0 / d if self.gamma is None else _checks.real(self.gamma, "gamma", positive=True)
+        K = _kernel(X, X, self.kernel, self._gamma)                                 # (n, n)
+        self._col_means, self._mean = K.mean(0), K.mean()
+        Kc = K - self._col_means.unsqueeze(0) - self._col_means.unsqueeze(1) + self._mean  # eq. kpca-centre
+        evals, evecs = torch.linalg.eigh(Kc)                                      # ascending
+        evals, evecs = evals.flip(0)[:m], evecs.flip(1)[:, :m]
+        if not bool((evals > evals[0] * 1e-12).all()):
+            raise ValueError(f"the centred kernel matrix has fewer than {m} positive eigenvalues")
+        signs = torch.sign(evecs[evecs.abs().argmax(0), torch.arange(m, device=evecs.device)])
+        self.alphas_ = evecs * torch.where(signs == 0, 1.0, signs)
+        self.eigenvalues_, self.X_fit_, self.n_features_in_ = evals, X, d
+        return self
+
+    def transform(self, X) -> torch.Tensor:
+        """Coordinates of each row on the components, ``(n, m)`` (eq. kpca-project)."""
+        _checks.fitted(self, "alphas_")
+        X = _as_data(X, n_features=self.n_features_in_, device=self.X_fit_.device)
+        K = _kernel(X, self.X_fit_, self.kernel, self._gamma)                      # (n_new, n)
+        Kc = K - K.mean(1, keepdim=True) - self._col_means.unsqueeze(0) + self._mean
+        return Kc @ self.alphas_ / self.eigenvalues_.sqrt()
+
+    def fit_transform(self, X, y=None) -> torch.Tensor:
+        """Coordinates of the training rows: ``u_j sqrt(mu_j)``, with no second kernel evaluation."""
+        self.fit(X)
+        return self.alphas_ * self.eigenvalues_.sqrt()
+
+
+# --------------------------------------------------------------------------- choosing k
+
+def silhouette_samples(X, labels) -> torch.Tensor:
+    """Silhouette ``s_i = (b_i - a_i) / max(a_i, b_i)`` of every point (eq. km-silhouette), ``(n,)``.
+
+    ``a_i``: mean distance to the other points of its own cluster; ``b_i``: the smallest mean
+    distance to the points of another cluster. A point alone in its cluster gets ``0``.
+    """
+    X = _as_data(X)
+    labels = torch.as_tensor(labels, device=X.device).long()
+    if labels.shape != (X.shape[0],):
+        raise ValueError(f"labels must have shape ({X.shape[0]},), got {tuple(labels.shape)}")
+    ids, labels = labels.unique(return_inverse=True)
+    k = len(ids)
+    if not 2 <= k <= X.shape[0] - 1:
+        raise ValueError(f"the silhouette needs 2 to n - 1 clusters, got {k}")
+    D = squared_distances(X, X).sqrt()                                           # (n, n)
+    onehot = torch.nn.functional.one_hot(labels, k).to(X.dtype)                  # (n, k)
+    sums, sizes = D @ onehot, onehot.sum(0)                                      # (n, k), (k,)
+    own = sizes[labels]
+    a = sums.gather(1, labels.unsqueeze(1)).squeeze(1) / (own - 1).clamp_min(1)
+    other = (sums / sizes).masked_fill(onehot.bool(), math.inf)
+    b = other.min(1).values
+    s = (b - a) / torch.maximum(a, b)
+    return torch.where(own > 1, s, torch.zeros_like(s))
+
+
+def silhouette_score(X, labels) -> float:
+    """Mean silhouette of all points (as ``sklearn.metrics.silhouette_score``)."""
+    return float(silhouette_samples(X, labels).mean())
+
+
+def gap_statistic(X, ks, *, n_refs: int = 10, n_init: int = 4, generator: torch.Generator | None = None,
+                  device=None) -> dict:
+    """The gap statistic of Tibshirani, Walther & Hastie (eqs. gap-def and gap-rule).
+
+    For each ``k`` compares ``log W_k``, the log of the k-means inertia of ``X``, with its mean over
+    ``n_refs`` reference sets drawn uniformly in the bounding box of ``X`` (no cluster structure):
+    ``gap(k) = mean(log W*_k) - log W_k``, with ``s_k = sd(log W*_k) sqrt(1 + 1/n_refs)``. The rule
+    picks the smallest ``k`` with ``gap(k) >= gap(k+1) - s_{k+1}``.
+
+    Returns a dict with ``ks``, ``log_w``, ``log_w_ref``, ``gap``, ``s`` (lists) and ``k`` (the choice,
+    or ``None`` if no ``k`` but the last satisfies the rule).
+    """
+    X = _as_data(X, device=device)
+    ks = [_checks.integer(k, "k", minimum=1) for k in ks]
+    if ks != sorted(set(ks)) or len(ks) < 2:
+        raise ValueError(f"ks must be at least two increasing integers, got {ks}")
+    n_refs = _checks.integer(n_refs, "n_refs", minimum=2)
+    lo, hi = X.min(0).values, X.max(0).values
+
+    def log_inertia(data: torch.Tensor, k: int) -> float:
+        return math.log(KMeans(k, n_init=n_init, generator=generator).fit(data).inertia_)
+
+    log_w, ref, gap, s = [], [], [], []
+    for k in ks:
+        refs = torch.tensor([log_inertia(lo + (hi - lo) * torch.rand(X.shape, generator=generator,
+                                                                    dtype=X.dtype).to(X.device), k)
+                             for _ in range(n_refs)])
+        log_w.append(log_inertia(X, k))
+        ref.append(float(refs.mean()))
+        gap.append(ref[-1] - log_w[-1])
+        s.append(float(refs.std(correction=0)) * math.sqrt(1 + 1 / n_refs))
+    chosen = next((k for i, k in enumerate(ks[:-1]) if gap[i] >= gap[i + 1] - s[i + 1]), None)
+    return {"ks": ks, "log_w": log_w, "log_w_ref": ref, "gap": gap, "s": s, "k": chosen}
