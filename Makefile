@@ -17,7 +17,7 @@ JOBS ?= 2
 export MLBOOK_PROGRESS ?= 0
 export PYTHONHASHSEED = 0
 
-.PHONY: install book book-quick test unit notebooks browser bench lab sync-notebooks record-notebooks check-notebooks clean
+.PHONY: install book book-quick test unit notebooks browser bench lab sync-notebooks record-notebooks check-notebooks clean ddp
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10) and "Python 3.10 or newer is needed")'
@@ -71,6 +71,11 @@ test: $(VENV)/.installed
 # checked equal in the same run. Not part of `make test`.
 bench: $(VENV)/.installed
 	$(PY) tests/bench.py
+
+# The distributed chapter's example by itself: two workers started by torchrun (gloo on a CPU,
+# NCCL with one GPU per worker), the book's training loop on the digits; rank 0 prints.
+ddp: $(VENV)/.installed
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=2 -m mlbook.distributed train --batch 64 --steps 200
 
 lab: $(VENV)/.installed
 	MLBOOK_PROGRESS=1 $(VENV)/bin/jupyter lab notebooks
