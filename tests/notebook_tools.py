@@ -103,7 +103,10 @@ def record(paths: list[pathlib.Path]) -> None:
     import nbformat
     from nbclient import NotebookClient
 
-    os.environ["MLBOOK_PROGRESS"] = "0"          # progress bars would reach the stored outputs
+    from execute import KERNEL_ENV
+
+    # as the checks run them: one torch thread, no progress bars (they would reach the outputs)
+    os.environ.update(KERNEL_ENV)
     for path in paths:
         nb = nbformat.read(path, as_version=4)
         NotebookClient(nb, timeout=600, kernel_name="python3",
