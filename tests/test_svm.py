@@ -76,7 +76,7 @@ def test_unknown_kernel_raises_naming_the_choices():
     with pytest.raises(ValueError, match="unknown kernel 'sigmoid'.*'linear', 'rbf', 'poly'"):
         svm.kernel_matrix("sigmoid", X, X)
     with pytest.raises(ValueError, match="unknown kernel 'gaussian'"):
-        svm.SVC(kernel="gaussian")
+        svm.SVC(kernel="gaussian").fit(*TWO_POINTS)
 
 
 def test_kernel_rejects_mismatched_feature_counts_and_bad_parameters():
@@ -224,11 +224,27 @@ def test_estimators_refuse_bad_input_with_clear_errors():
     with pytest.raises(ValueError, match="3 features, but the estimator was fitted with 2"):
         model.decision_function([[0.0, 0.0, 0.0]])
     with pytest.raises(ValueError, match="C must be > 0"):
-        svm.SVC(C=-1.0)
+        svm.SVC(C=-1.0).fit(*TWO_POINTS)
     with pytest.raises(ValueError, match="gamma must be > 0"):
-        svm.SVC(gamma=0.0)
+        svm.SVC(gamma=0.0).fit(*TWO_POINTS)
+    with pytest.raises(ValueError, match="gamma must be 'scale' or a positive number"):
+        svm.SVC(gamma="auto").fit(*TWO_POINTS)
+    with pytest.raises(TypeError, match="degree must be an integer"):
+        svm.SVC(kernel="poly", degree=2.5).fit(*TWO_POINTS)
     with pytest.raises(ValueError, match="loss must be one of"):
-        svm.LinearSVM(loss="squared")
+        svm.LinearSVM(loss="squared").fit(*TWO_POINTS)
+    with pytest.raises(ValueError, match="nu = 0.9 is infeasible"):
+        svm.NuSVC(nu=0.9).fit([[0.0], [1.0], [2.0], [3.0], [4.0]], [0, 0, 0, 0, 1])
+    with pytest.raises(ValueError, match="epsilon must be >= 0"):
+        svm.SVR(epsilon=-0.1).fit([[0.0], [1.0]], [0.0, 1.0])
+    with pytest.raises(ValueError, match="y contains NaN"):
+        svm.SVR().fit([[0.0], [1.0]], [0.0, float("nan")])
+    with pytest.raises(ValueError, match="at least two classes"):
+        svm.OneVsOne(svm.SVC()).fit([[0.0], [1.0]], [1, 1])
+    with pytest.raises(TypeError, match="fit and decision_function"):
+        svm.OneVsRest(object()).fit([[0.0], [1.0]], [0, 1])
+    with pytest.raises(ValueError, match="both classes"):
+        svm.platt_fit([0.1, 0.2], [1, 1])
 
 
 def test_linear_svm_by_subgradient_descent_reaches_the_dual_optimum():
@@ -273,3 +289,194 @@ def test_draw_margins_draws_boundary_margins_and_circles_every_support_vector():
     assert float(F[0, 33]) == pytest.approx(0.5 * (-2 + 6 * 33 / 49) - 0.5 - 1)
     circles = ax.collections[-1]
     assert len(circles.get_offsets()) == len(model.support_) == 2
+
+
+
+def test_init_stores_parameters_unchanged_and_fit_checks_them():
+    model = svm.SVC(C=-1.0, kernel="nonsense", gamma="auto")               # no error yet: scikit-learn's rule
+    assert model.get_params()["C"] == -1.0 and model.kernel == "nonsense" and model.gamma == "auto"
+    assert not hasattr(model, "support_vectors_")
+    model.set_params(C=2.0, kernel="linear", gamma="scale")
+    assert model.fit(*TWO_POINTS).C == 2.0
+
+
+@pytest.mark.parametrize("make", [lambda: svm.SVC(C=3.0, gamma=0.5), lambda: svm.NuSVC(nu=0.3),
+                                  lambda: svm.SVR(C=2.0, epsilon=0.2), lambda: svm.LinearSVM(C=0.5, steps=50),
+                                  lambda: svm.OneVsOne(svm.SVC(C=2.0)), lambda: svm.OneVsRest(svm.SVC()),
+                                  lambda: svm.OneClassSVM(nu=0.2)])
+def test_estimators_clone_with_the_same_parameters(make):
+    from sklearn.base import clone
+
+    model = make()
+    copy = clone(model)
+    assert type(copy) is type(model) and copy is not model
+    params, copied = model.get_params(deep=False), copy.get_params(deep=False)
+    assert params.keys() == copied.keys()
+    for key in params:
+        if hasattr(params[key], "get_params"):                              # a nested estimator, cloned too
+            assert params[key].get_params() == copied[key].get_params()
+        else:
+            assert params[key] == copied[key]
+
+
+def test_grid_search_and_cross_val_score_run_on_the_estimators():
+    from sklearn.datasets import load_iris
+    from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
+
+    X, y = svm.moons(90, noise=0.25, generator=gen(20))
+    Xn, yn = X.numpy(), y.numpy()
+    scores = cross_val_score(svm.SVC(gamma=1.0), Xn, yn, cv=3)
+    assert scores.shape == (3,) and (scores > 0.7).all()
+    search = GridSearchCV(svm.SVC(), {"C": [0.1, 10.0], "gamma": [0.5, 2.0]}, cv=3).fit(Xn, yn)
+    assert search.best_params_["C"] in (0.1, 10.0) and search.best_score_ > 0.8
+    assert isinstance(search.predict(Xn), np.ndarray)
+    assert cross_val_score(svm.NuSVC(nu=0.4, gamma=1.0), Xn, yn, cv=3).mean() > 0.7
+    assert cross_val_score(svm.LinearSVM(steps=100), Xn, yn, cv=3).mean() > 0.6
+    Xr = np.linspace(-2, 2, 60)[:, None]
+    folds = KFold(3, shuffle=True, random_state=0)                          # interpolation, not extrapolation
+    assert cross_val_score(svm.SVR(C=10.0, epsilon=0.05), Xr, np.sin(Xr[:, 0]), cv=folds).mean() > 0.9  # R^2
+    Xi, yi = load_iris(return_X_y=True)
+    search = GridSearchCV(svm.OneVsOne(svm.SVC()), {"estimator__C": [1.0, 10.0]}, cv=3).fit(Xi, yi)
+    assert search.best_score_ > 0.9
+    assert cross_val_score(svm.OneVsRest(svm.SVC(C=10.0)), Xi, yi, cv=3).mean() > 0.9
+
+
+def test_numpy_in_numpy_out_and_tensor_in_tensor_out():
+    X, y = svm.moons(40, noise=0.2, generator=gen(21))
+    model = svm.SVC(gamma=1.0).fit(X.numpy(), y.numpy())
+    assert isinstance(model.predict(X.numpy()), np.ndarray)
+    assert isinstance(model.decision_function(X), torch.Tensor)
+    np.testing.assert_array_equal(model.predict(X.numpy()), model.predict(X).numpy())
+    same = svm.SVC(gamma=1.0).fit(X, y)
+    torch.testing.assert_close(same.decision_function(X), model.decision_function(X))
+
+
+# ------------------------------------------------------------------------------ extensions
+
+def test_epsilon_insensitive_loss_is_flat_inside_the_tube():
+    r = t64([-2.0, -0.1, 0.0, 0.05, 0.3])
+    torch.testing.assert_close(svm.epsilon_insensitive_loss(r, 0.1), t64([1.9, 0.0, 0.0, 0.0, 0.2]))
+
+
+def test_svr_matches_scikit_learn():
+    from sklearn.svm import SVR as SkSVR
+
+    X = torch.linspace(-3, 3, 60, dtype=torch.float64)[:, None]
+    z = torch.sin(X[:, 0]) + 0.1 * torch.randn(60, generator=gen(22), dtype=torch.float64)
+    ours = svm.SVR(C=2.0, epsilon=0.1, gamma=0.5, tol=1e-5).fit(X, z)
+    ref = SkSVR(C=2.0, epsilon=0.1, gamma=0.5, tol=1e-5).fit(X.numpy(), z.numpy())
+    assert ours.support_.tolist() == sorted(ref.support_.tolist())
+    np.testing.assert_allclose(ours.predict(X).numpy(), ref.predict(X.numpy()), atol=1e-4)
+    beta = torch.as_tensor(ref.dual_coef_[0])
+    K = svm.rbf_kernel(X[ref.support_], X[ref.support_], gamma=0.5)
+    ref_dual = float(svm.svr_dual_objective(beta, z[ref.support_], K, 0.1))
+    assert ours.dual_objective_ == pytest.approx(ref_dual, rel=1e-6)
+    assert (ours.alpha_ * ours.alpha_star_ == 0).all()                      # never both sides of the tube
+    inside = (z - ours.predict(X)).abs() < 0.1 - 1e-3
+    assert (ours.alpha_[inside] == 0).all() and (ours.alpha_star_[inside] == 0).all()
+
+
+@pytest.mark.parametrize("nu", [0.3, 0.6])
+def test_nu_svc_matches_scikit_learn_and_nu_bounds_the_fractions(nu):
+    from sklearn.svm import NuSVC as SkNuSVC
+
+    X, y = svm.moons(80, noise=0.3, generator=gen(23))
+    ours = svm.NuSVC(nu=nu, gamma=1.0, tol=1e-5).fit(X, y)
+    ref = SkNuSVC(nu=nu, gamma=1.0, tol=1e-5).fit(X.numpy(), y.numpy())
+    assert ours.support_.tolist() == sorted(ref.support_.tolist())
+    np.testing.assert_allclose(ours.decision_function(X).numpy(), ref.decision_function(X.numpy()), atol=1e-3)
+    assert float(ours.alpha_.sum()) == pytest.approx(nu)                   # the second equality constraint
+    same = svm.SVC(C=1 / (len(X) * ours.rho_), gamma=1.0, tol=1e-6).fit(X, y)   # eq. (svm-nu-c)
+    torch.testing.assert_close(same.decision_function(X), ours.decision_function(X), atol=1e-3, rtol=0)
+    margin_errors = float((y * ours.decision_function(X) < 1 - 1e-3).double().mean())   # 1e-3: solver slack
+    at_bound = float((ours.alpha_ == 1 / len(X)).double().mean())
+    assert margin_errors <= at_bound <= nu <= len(ours.support_) / len(X)
+
+
+def test_one_vs_one_is_scikit_learns_multiclass_svc():
+    from sklearn.datasets import load_iris
+    from sklearn.svm import SVC as SkSVC
+
+    X, y = load_iris(return_X_y=True)
+    ours = svm.OneVsOne(svm.SVC(C=1.0, gamma=0.5, tol=1e-5)).fit(X, y)
+    ref = SkSVC(C=1.0, gamma=0.5, tol=1e-5, decision_function_shape="ovo").fit(X, y)
+    assert ours.pairs_ == [(0, 1), (0, 2), (1, 2)]
+    np.testing.assert_allclose(ours.decision_function(X), -ref.decision_function(X), atol=1e-3)
+    np.testing.assert_array_equal(ours.predict(X), ref.predict(X))
+
+
+def test_one_vs_rest_predicts_the_largest_score():
+    from sklearn.datasets import load_iris
+
+    X, y = load_iris(return_X_y=True)
+    ovr = svm.OneVsRest(svm.SVC(C=1.0, gamma=0.5)).fit(X, y)
+    scores = ovr.decision_function(X)
+    assert scores.shape == (150, 3)
+    np.testing.assert_array_equal(ovr.predict(X), scores.argmax(1))
+    assert (ovr.predict(X) == y).mean() > 0.95
+
+
+def test_platt_fit_matches_scikit_learns_sigmoid_calibration():
+    from sklearn.calibration import _sigmoid_calibration
+
+    f = torch.randn(300, generator=gen(24), dtype=torch.float64)
+    y = (torch.rand(300, generator=gen(25), dtype=torch.float64) < torch.sigmoid(2 * f - 0.5)).long()
+    A, B = svm.platt_fit(f, y)
+    a_ref, b_ref = _sigmoid_calibration(f.numpy(), y.numpy())
+    assert A == pytest.approx(a_ref, abs=1e-4) and B == pytest.approx(b_ref, abs=1e-4)
+    assert -2.6 < A < -1.4                                                   # the slope that made the labels
+    p = svm.platt_proba(f.numpy(), A, B)
+    assert isinstance(p, np.ndarray) and ((0 < p) & (p < 1)).all()
+
+
+def test_smo_step_checker_passes_the_right_step_and_fails_wrong_ones(capsys):
+    assert svm.check_smo_step(svm._pair_step)
+
+    def unclipped(alpha_i, alpha_j, y_i, y_j, g_i, g_j, a_ij, C):
+        t = (g_i - g_j) / a_ij
+        return alpha_i + y_i * t, alpha_j - y_j * t
+
+    def same_sign(alpha_i, alpha_j, y_i, y_j, g_i, g_j, a_ij, C):
+        t = min((g_i - g_j) / a_ij, C - alpha_i, alpha_j)
+        return alpha_i + t, alpha_j - t
+
+    assert not svm.check_smo_step(unclipped)
+    assert not svm.check_smo_step(same_sign)
+    assert "not yet" in capsys.readouterr().out
+
+
+def test_one_smo_iteration_takes_the_reference_step():
+    # on two points the first SMO iteration is the whole solution: (alpha_1, alpha_2) = (1/4, 1/4)
+    X, y = t64(TWO_POINTS[0]), t64([-1.0, 1.0])
+    K = X @ X.T
+    g = y.clone()                                                           # g = -y * grad at alpha = 0
+    # i: the "up" index with the largest g is point 2 (y = +1), j: point 1
+    step = svm._pair_step(0.0, 0.0, 1.0, -1.0, float(g[1]), float(g[0]), float(K[0, 0] + K[1, 1] - 2 * K[0, 1]), 10.0)
+    res = svm.smo(K, y, 10.0)
+    assert res.n_iter == 1 and step == (float(res.alpha[1]), float(res.alpha[0])) == (0.25, 0.25)
+
+
+def test_poly2_features_are_the_polynomial_kernel():
+    X = torch.randn(7, 2, generator=gen(26), dtype=torch.float64)
+    Phi = svm.poly2_features(X, 1.5)
+    torch.testing.assert_close(Phi @ Phi.T, svm.polynomial_kernel(X, X, degree=2, gamma=1.0, coef0=1.5))
+    with pytest.raises(ValueError, match="last dimension 2"):
+        svm.poly2_features(torch.zeros(3, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("nu", [0.1, 0.5])
+def test_one_class_svm_matches_scikit_learn_and_nu_bounds_the_outliers(nu):
+    from sklearn.svm import OneClassSVM as SkOneClassSVM
+
+    X = torch.randn(120, 2, generator=gen(27), dtype=torch.float64)
+    ours = svm.OneClassSVM(nu=nu, gamma=0.5, tol=1e-5).fit(X)
+    ref = SkOneClassSVM(nu=nu, gamma=0.5, tol=1e-5).fit(X.numpy())
+    f = ours.decision_function(X.numpy())
+    np.testing.assert_allclose(f, ref.decision_function(X.numpy()), atol=1e-4)
+    assert ours.support_.tolist() == sorted(ref.support_.tolist())
+    clear = np.abs(f) > 1e-3                                                # off the boundary itself
+    np.testing.assert_array_equal(ours.predict(X.numpy())[clear], ref.predict(X.numpy())[clear])
+    assert float(ours.alpha_.sum()) == pytest.approx(nu * len(X))
+    assert (f < -1e-3).mean() <= nu <= len(ours.support_) / len(X)
+    with pytest.raises(ValueError, match="nu must be in"):
+        svm.OneClassSVM(nu=1.5).fit(X)

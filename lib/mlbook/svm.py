@@ -1,7 +1,7 @@
 r"""Support vector machines (chapter "Support vector machines", ``book/svm.md``).
 
 Two solvers for the same model, a linear score :math:`f(x) = \langle w, \phi(x)\rangle + b`
-trained with the hinge loss:
+trained with the hinge loss, and the chapter's extensions of it:
 
 - :class:`LinearSVM` minimises the primal objective (svm-primal) directly by full-batch
   subgradient descent (svm-subgrad); with ``loss="logistic"`` the same code is L2-regularised
@@ -9,6 +9,13 @@ trained with the hinge loss:
 - :class:`SVC` solves the dual (svm-dual) exactly, up to the KKT tolerance (svm-kkt-gap), by
   sequential minimal optimisation (SMO) with second-order working-set selection, on any kernel
   from :data:`KERNELS`. Its fitted attributes follow scikit-learn's ``SVC``.
+- :class:`NuSVC` (the nu-SVM, svm-nu-dual) and :class:`SVR` (epsilon-insensitive regression,
+  svm-svr-dual) reuse the same SMO loop; :class:`OneVsRest` and :class:`OneVsOne` turn any binary
+  classifier into a multiclass one; :func:`platt_fit` turns scores into probabilities.
+
+Every estimator follows scikit-learn's conventions: ``__init__`` stores its parameters unchanged,
+``fit`` checks them, and ``get_params``/``set_params``/``clone`` come from ``BaseEstimator``.
+Inputs may be tensors or NumPy arrays; results are tensors for tensor input, NumPy otherwise.
 
 Labels are two arbitrary class values; internally the second of the sorted classes is
 :math:`y = +1`, as in scikit-learn, so ``decision_function > 0`` predicts ``classes_[1]``.
@@ -21,15 +28,19 @@ import math
 import warnings
 from collections.abc import Callable
 
+import numpy as np
 import torch
+from sklearn.base import BaseEstimator, ClassifierMixin, OutlierMixin, RegressorMixin, clone
 
 from . import _checks
 from .device import get_device
 
-__all__ = ["zero_one_loss", "hinge_loss", "logistic_loss", "LOSSES",
+__all__ = ["zero_one_loss", "hinge_loss", "logistic_loss", "LOSSES", "epsilon_insensitive_loss",
            "linear_kernel", "rbf_kernel", "polynomial_kernel", "KERNELS", "kernel_matrix",
-           "primal_objective", "dual_objective", "smo", "SMOResult", "LinearSVM", "SVC", "moons",
-           "draw_margins"]
+           "primal_objective", "dual_objective", "svr_dual_objective", "smo", "smo_svr", "smo_nu",
+           "smo_one_class", "SMOResult", "platt_fit", "platt_proba", "LinearSVM", "SVC", "NuSVC",
+           "SVR", "OneClassSVM", "OneVsRest", "OneVsOne", "moons", "draw_margins",
+           "check_smo_step", "poly2_features"]
 
 
 # ---------------------------------------------------------------------------------------- losses
@@ -60,6 +71,13 @@ def logistic_loss(z: torch.Tensor) -> torch.Tensor:
 LOSSES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"hinge": hinge_loss, "logistic": logistic_loss}
 
 
+def epsilon_insensitive_loss(r: torch.Tensor, epsilon: float = 0.1) -> torch.Tensor:
+    """max(0, |r| - epsilon) of a residual r = y - f(x), eq. (svm-eps-loss): free inside the tube."""
+    r = _checks.tensor(r, "r", floating=True)
+    epsilon = _checks.real(epsilon, "epsilon", nonnegative=True)
+    return torch.clamp(r.abs() - epsilon, min=0)
+
+
 # --------------------------------------------------------------------------------------- kernels
 # One signature: kernel(X, Z, **params) -> (len(X), len(Z)) Gram matrix.
 
@@ -77,7 +95,7 @@ def rbf_kernel(X: torch.Tensor, Z: torch.Tensor, gamma: float = 1.0) -> torch.Te
 
 
 def polynomial_kernel(X: torch.Tensor, Z: torch.Tensor, degree: int = 3, gamma: float = 1.0,
-                      coef0: float = 1.0) -> torch.Tensor:
+                      coef0: float = 0.0) -> torch.Tensor:
     """k(x, z) = (gamma <x, z> + coef0)^degree, eq. (svm-poly)."""
     degree = _checks.integer(degree, "degree", minimum=1)
     gamma = _checks.real(gamma, "gamma", positive=True)
@@ -134,11 +152,14 @@ def dual_objective(alpha: torch.Tensor, y: torch.Tensor, K: torch.Tensor) -> tor
 # -------------------------------------------------------------------------------------------- SMO
 
 class SMOResult:
-    """What :func:`smo` returns: multipliers, intercept, gradient, iteration count, final KKT gap."""
+    """What the SMO solvers return: multipliers, intercept, gradient, iteration count, final KKT gap.
 
-    def __init__(self, alpha, b, grad, n_iter, gap, converged):
+    ``rho`` is the margin parameter of the nu formulation (:func:`smo_nu`), ``None`` otherwise.
+    """
+
+    def __init__(self, alpha, b, grad, n_iter, gap, converged, rho=None):
         self.alpha, self.b, self.grad = alpha, b, grad
-        self.n_iter, self.gap, self.converged = n_iter, gap, converged
+        self.n_iter, self.gap, self.converged, self.rho = n_iter, gap, converged, rho
 
     def __repr__(self) -> str:
         return (f"SMOResult(n_iter={self.n_iter}, gap={self.gap:.2e}, converged={self.converged}, "
@@ -164,6 +185,109 @@ def _intercept(alpha: torch.Tensor, y: torch.Tensor, grad: torch.Tensor, C: floa
     return 0.5 * (lo + hi)
 
 
+def _nu_offsets(alpha: torch.Tensor, y: torch.Tensor, grad: torch.Tensor) -> tuple[float, float]:
+    """(rho, b) of the nu formulation from its KKT conditions (page, nu-SVM section).
+
+    For a free multiplier of class +1, grad_i = rho - b; of class -1, grad_i = rho + b. Each class
+    gives its value r_c (the mean over its free multipliers, else the middle of the range its bound
+    multipliers allow), and rho = (r_+ + r_-) / 2, b = (r_- - r_+) / 2, as in libsvm.
+    """
+    r = []
+    for cls in (y > 0, y < 0):
+        at_top, at_zero = cls & (alpha >= 1), cls & (alpha <= 0)
+        free = cls & ~at_top & ~at_zero
+        if bool(free.any()):
+            r.append(float(grad[free].mean()))
+        else:                                                               # r >= grad on margin errors
+            lo = float(grad[at_top].max()) if bool(at_top.any()) else -math.inf
+            hi = float(grad[at_zero].min()) if bool(at_zero.any()) else math.inf
+            r.append(0.5 * (lo + hi) if not (math.isinf(lo) or math.isinf(hi))
+                     else (hi if math.isinf(lo) else lo))
+    return 0.5 * (r[0] + r[1]), 0.5 * (r[1] - r[0])
+
+
+def _smo_loop(K: torch.Tensor, y: torch.Tensor, C: float, alpha: torch.Tensor, grad: torch.Tensor,
+              tol: float, max_iter: int, same_class: bool) -> tuple[int, float]:
+    r"""The SMO iterations shared by every formulation; updates ``alpha`` and ``grad`` in place.
+
+    Minimises (1/2) alpha^T Q alpha + p^T alpha over 0 <= alpha <= C, sum_i y_i alpha_i fixed, with
+    Q = y y^T * K; ``grad`` = Q alpha + p on entry. Each step moves one pair along
+    alpha_i += y_i t, alpha_j -= y_j t (svm-smo-step), the pair chosen by second-order working-set
+    selection (svm-wss), and stops when the KKT gap (svm-kkt-gap) is at most ``tol``. With
+    ``same_class`` both members of a pair have the same label, which also keeps sum_i alpha_i fixed
+    (the nu formulation); the gap and the first index are then taken within each class.
+
+    The loop is sequential, a few vector operations on rows of K per step, so it runs in NumPy on
+    the host whatever the device of ``K`` (one copy of K, no synchronisation per step). It keeps
+    g = -y * grad (svm-g) up to date directly: the step changes it by -t (K_i - K_j), since y_k^2 = 1.
+    Returns (steps taken, final gap).
+    """
+    Kn = K.detach().cpu().numpy()                                           # (n, n), no copy on the CPU
+    yn = y.detach().cpu().numpy()
+    a_ = alpha.detach().cpu().numpy().copy()
+    g = -yn * grad.detach().cpu().numpy()                                   # (n,) eq. (svm-g)
+    diag = Kn.diagonal().copy()
+    pos = yn > 0
+    up = np.where(pos, a_ < C, a_ > 0)                                      # alpha_k may move by +y_k
+    low = np.where(pos, a_ > 0, a_ < C)                                     # alpha_k may move by -y_k
+    classes = [pos, ~pos] if same_class else [np.ones_like(pos)]
+    tau = 1e-12                                                             # curvature floor, as libsvm
+    n_iter, gap = 0, math.inf
+    while True:
+        # first index: the most violating "up" index (per class for the nu formulation)
+        best = (-math.inf, -1, -1)                                          # (score, i, j)
+        gap = -math.inf
+        for cls in classes:
+            g_up = np.where(up & cls, g, -np.inf)
+            i = int(g_up.argmax())
+            m = g_up[i]
+            gap_cls = m - np.where(low & cls, g, np.inf).min()              # eq. (svm-kkt-gap)
+            gap = max(gap, gap_cls)
+            if not gap_cls > 0:
+                continue
+            cand = low & cls & (g < m)
+            # second-order choice of j, eq. (svm-wss): the largest guaranteed decrease b^2 / a
+            b = m - g
+            a = np.maximum(diag[i] + diag - 2 * Kn[i], tau)                 # K symmetric: row = column
+            score = np.where(cand, b * b / a, -np.inf)
+            j = int(score.argmax())
+            if score[j] > best[0]:
+                best = (score[j], i, j)
+        if gap <= tol:
+            break
+        if n_iter >= max_iter:
+            warnings.warn(f"SMO stopped after max_iter={max_iter} iterations with KKT gap {gap:.3g} > tol={tol:g}",
+                          RuntimeWarning, stacklevel=3)
+            break
+        _, i, j = best
+        # exact minimiser along the pair, clipped so both multipliers stay in [0, C]
+        t = (g[i] - g[j]) / max(diag[i] + diag[j] - 2 * Kn[i, j], tau)
+        room_i = C - a_[i] if pos[i] else a_[i]
+        room_j = a_[j] if pos[j] else C - a_[j]
+        t = min(t, room_i, room_j)
+        # land exactly on a bound when the clip is active, so "alpha == C" tests are exact
+        a_[i] = (C if pos[i] else 0.0) if t == room_i else a_[i] + yn[i] * t
+        a_[j] = (0.0 if pos[j] else C) if t == room_j else a_[j] - yn[j] * t
+        for k in (i, j):
+            up[k] = a_[k] < C if pos[k] else a_[k] > 0
+            low[k] = a_[k] > 0 if pos[k] else a_[k] < C
+        g -= t * (Kn[i] - Kn[j])                                            # Q times the change in alpha
+        n_iter += 1
+    alpha.copy_(torch.from_numpy(a_))
+    grad.copy_(torch.from_numpy(-yn * g))
+    return n_iter, float(gap)
+
+
+def _check_smo_inputs(K, y, tol, max_iter) -> tuple[torch.Tensor, torch.Tensor, float, int]:
+    K = _checks.tensor(K, "K", ndim=2, floating=True)
+    n = len(y)
+    if K.shape != (n, n):
+        raise ValueError(f"K must be ({n}, {n}) to match y, got {tuple(K.shape)}")
+    tol = _checks.real(tol, "tol", positive=True)
+    max_iter = _checks.integer(max_iter, "max_iter", minimum=1)
+    return K, y, tol, max_iter
+
+
 def smo(K: torch.Tensor, y: torch.Tensor, C: float = 1.0, *, tol: float = 1e-3,
         max_iter: int = 1_000_000) -> SMOResult:
     r"""Maximise the dual (svm-dual) over 0 <= alpha <= C, sum_i alpha_i y_i = 0, by SMO.
@@ -173,59 +297,175 @@ def smo(K: torch.Tensor, y: torch.Tensor, C: float = 1.0, *, tol: float = 1e-3,
     default 1e-3) of libsvm. ``K`` is the full (n, n) Gram matrix, ``y`` is in {-1, +1}.
     Iterating past ``max_iter`` warns (the result is then not the optimum).
     """
-    K = _checks.tensor(K, "K", ndim=2, floating=True)
     y = _labels_pm1(y)
-    n = len(y)
-    if K.shape != (n, n):
-        raise ValueError(f"K must be ({n}, {n}) to match y, got {tuple(K.shape)}")
+    K, y, tol, max_iter = _check_smo_inputs(K, y, tol, max_iter)
     if not (bool((y > 0).any()) and bool((y < 0).any())):
         raise ValueError("y must contain both classes, -1 and +1")
     C = _checks.real(C, "C", positive=True)
+    y = y.to(K.dtype)
+    alpha = torch.zeros(len(y), dtype=K.dtype, device=K.device)
+    grad = -torch.ones(len(y), dtype=K.dtype, device=K.device)             # gradient of -D at alpha = 0
+    n_iter, gap = _smo_loop(K, y, C, alpha, grad, tol, max_iter, same_class=False)
+    return SMOResult(alpha, _intercept(alpha, y, grad, C), grad, n_iter, gap, gap <= tol)
+
+
+def smo_svr(K: torch.Tensor, z: torch.Tensor, C: float = 1.0, epsilon: float = 0.1, *,
+            tol: float = 1e-3, max_iter: int = 1_000_000) -> SMOResult:
+    r"""Solve the dual of epsilon-insensitive regression (svm-svr-dual) by the same SMO loop.
+
+    The 2n multipliers (alpha, alpha*) become one vector with labels (+1,...,+1, -1,...,-1),
+    Gram matrix [[K, K], [K, K]] and linear term (epsilon - z, epsilon + z) (svm-svr-stacked), so
+    the C-SVC machinery applies unchanged. ``result.alpha`` has 2n entries; the coefficients of
+    the regression function (svm-svr-f) are ``alpha[:n] - alpha[n:]``.
+    """
+    z = _checks.tensor(z, "z", ndim=1, floating=True)
+    K, z, tol, max_iter = _check_smo_inputs(K, z, tol, max_iter)
+    C = _checks.real(C, "C", positive=True)
+    epsilon = _checks.real(epsilon, "epsilon", nonnegative=True)
+    n = len(z)
+    z = z.to(K.dtype)
+    y2 = torch.cat([torch.ones(n, dtype=K.dtype, device=K.device), -torch.ones(n, dtype=K.dtype, device=K.device)])
+    K2 = K.repeat(2, 2)                                                     # (2n, 2n)
+    alpha = torch.zeros(2 * n, dtype=K.dtype, device=K.device)
+    grad = torch.cat([epsilon - z, epsilon + z])                            # p, the gradient at alpha = 0
+    n_iter, gap = _smo_loop(K2, y2, C, alpha, grad, tol, max_iter, same_class=False)
+    return SMOResult(alpha, _intercept(alpha, y2, grad, C), grad, n_iter, gap, gap <= tol)
+
+
+def smo_nu(K: torch.Tensor, y: torch.Tensor, nu: float = 0.5, *, tol: float = 1e-3,
+           max_iter: int = 1_000_000) -> SMOResult:
+    r"""Solve the nu-SVM dual (svm-nu-dual) by SMO with pairs inside one class.
+
+    Works with a = n alpha, so the box is [0, 1] and sum_i a_i = nu n; the start puts nu n / 2 of
+    weight on each class, in order, as libsvm does. Returns ``alpha`` = a and the ``rho`` and ``b``
+    of this scaling (n times those of the page); the classifier is
+    f(x) = (sum_i a_i y_i k(x_i, x) + b) / rho, which puts the margins at f = +-1, as for the
+    C-SVM with C = 1 / rho (svm-nu-c).
+    """
+    y = _labels_pm1(y)
+    K, y, tol, max_iter = _check_smo_inputs(K, y, tol, max_iter)
+    nu = _checks.real(nu, "nu", positive=True)
+    n_pos, n_neg = int((y > 0).sum()), int((y < 0).sum())
+    if nu > 1 or nu * len(y) / 2 > min(n_pos, n_neg):
+        raise ValueError(f"nu = {nu:g} is infeasible: it must be at most 2 min(n_+, n_-) / n = "
+                         f"{2 * min(n_pos, n_neg) / len(y):g}")
+    y = y.to(K.dtype)
+    alpha = torch.zeros(len(y), dtype=K.dtype, device=K.device)
+    for cls in (y > 0, y < 0):                                              # nu n / 2 on each class
+        idx = torch.nonzero(cls).flatten()
+        share = torch.full((len(idx),), 1.0, dtype=K.dtype, device=K.device)
+        left = nu * len(y) / 2 - torch.arange(len(idx), dtype=K.dtype, device=K.device)
+        alpha[idx] = torch.minimum(share, left.clamp(min=0))
+    grad = y * (K @ (alpha * y))                                            # Q a, no linear term
+    n_iter, gap = _smo_loop(K, y, 1.0, alpha, grad, tol, max_iter, same_class=True)
+    rho, b = _nu_offsets(alpha, y, grad)
+    return SMOResult(alpha, b, grad, n_iter, gap, gap <= tol, rho=rho)
+
+
+def smo_one_class(K: torch.Tensor, nu: float = 0.5, *, tol: float = 1e-3,
+                  max_iter: int = 1_000_000) -> SMOResult:
+    r"""Solve the one-class SVM dual (svm-oc-dual) by the SMO loop with every label +1.
+
+    Works with a = nu n alpha, so the box is [0, 1] and sum_i a_i = nu n; the start puts weight 1
+    on the first floor(nu n) points and the remainder on the next, as libsvm does. With all labels
+    equal every pair move keeps sum_i a_i fixed. Returns ``alpha`` = a and ``b`` = -rho of this
+    scaling: the score is f(x) = sum_i a_i k(x_i, x) + b, negative on the outliers.
+    """
+    K = _checks.tensor(K, "K", ndim=2, floating=True)
+    n = K.shape[0]
+    if K.shape != (n, n):
+        raise ValueError(f"K must be square, got {tuple(K.shape)}")
+    nu = _checks.real(nu, "nu", positive=True)
+    if nu > 1:
+        raise ValueError(f"nu must be in (0, 1], got {nu:g}")
     tol = _checks.real(tol, "tol", positive=True)
     max_iter = _checks.integer(max_iter, "max_iter", minimum=1)
+    y = torch.ones(n, dtype=K.dtype, device=K.device)
+    left = nu * n - torch.arange(n, dtype=K.dtype, device=K.device)
+    alpha = left.clamp(min=0, max=1)                                        # 1, ..., 1, remainder, 0, ...
+    grad = K @ alpha                                                        # Q a, no linear term
+    n_iter, gap = _smo_loop(K, y, 1.0, alpha, grad, tol, max_iter, same_class=False)
+    return SMOResult(alpha, _intercept(alpha, y, grad, 1.0), grad, n_iter, gap, gap <= tol)
 
-    y = y.to(K.dtype)
-    alpha = torch.zeros(n, dtype=K.dtype, device=K.device)
-    grad = -torch.ones(n, dtype=K.dtype, device=K.device)                  # gradient of -D at alpha = 0
-    diag = K.diagonal()
-    pos = y > 0
-    tau = 1e-12                                                             # curvature floor, as libsvm
-    n_iter, gap = 0, math.inf
-    while True:
-        g = -y * grad                                                       # (n,) eq. (svm-kkt-gap)
-        up = torch.where(pos, alpha < C, alpha > 0)                         # alpha_i may move by +y_i
-        low = torch.where(pos, alpha > 0, alpha < C)                        # alpha_j may move by -y_j
-        g_up = torch.where(up, g, -math.inf)
-        i = int(g_up.argmax())
-        m = g_up[i]
-        gap = float(m - torch.where(low, g, math.inf).min())
-        if gap <= tol:
+
+# ------------------------------------------------------------------------------- Platt scaling
+
+def platt_fit(scores, y, *, max_iter: int = 100, tol: float = 1e-12) -> tuple[float, float]:
+    r"""Fit P(y = +1 | f) = 1 / (1 + exp(A f + B)) to scores f by Platt's method (svm-platt).
+
+    Minimises the cross-entropy against Platt's smoothed targets (N_+ + 1) / (N_+ + 2) for the
+    positives and 1 / (N_- + 2) for the negatives, by Newton's method with a backtracking line
+    search (the objective is convex in (A, B)). ``y`` holds -1/+1 (or 0/1) labels. Returns (A, B).
+    """
+    f = torch.as_tensor(scores, dtype=torch.float64).detach().flatten().cpu()
+    labels = torch.as_tensor(y).detach().flatten().cpu()
+    if len(labels) != len(f):
+        raise ValueError(f"scores has {len(f)} entries but y has {len(labels)}")
+    if not bool(torch.isfinite(f).all()):
+        raise ValueError("scores contains NaN or infinite values")
+    positive = labels > 0
+    n_pos = int(positive.sum())
+    n_neg = len(labels) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("y must contain both classes to fit a sigmoid")
+    t = torch.where(positive, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0)).double()
+
+    def loss(A, B):      # sum_i -t_i log p_i - (1 - t_i) log(1 - p_i), with log p_i = -softplus(A f + B)
+        u = A * f + B
+        return float((t * torch.nn.functional.softplus(u) + (1 - t) * torch.nn.functional.softplus(-u)).sum())
+
+    A, B = 0.0, math.log((n_neg + 1.0) / (n_pos + 1.0))                   # Platt's start
+    value = loss(A, B)
+    for _ in range(max_iter):
+        p = torch.sigmoid(-(A * f + B))                                    # P(y = +1 | f)
+        d1 = t - p                                                          # dL/du_i
+        d2 = p * (1 - p)
+        grad = torch.stack([(d1 * f).sum(), d1.sum()])
+        H = torch.stack([torch.stack([(d2 * f * f).sum(), (d2 * f).sum()]),
+                         torch.stack([(d2 * f).sum(), d2.sum()])]) + 1e-12 * torch.eye(2, dtype=f.dtype)
+        dA, dB = torch.linalg.solve(H, -grad).tolist()
+        step = 1.0
+        while step > 1e-10:
+            new = loss(A + step * dA, B + step * dB)
+            if new < value + 1e-4 * step * float(grad @ torch.tensor([dA, dB], dtype=f.dtype)):
+                break
+            step /= 2
+        A, B, old, value = A + step * dA, B + step * dB, value, new
+        if abs(old - value) <= tol * max(1.0, abs(value)):
             break
-        if n_iter >= max_iter:
-            warnings.warn(f"SMO stopped after max_iter={max_iter} iterations with KKT gap {gap:.3g} > tol={tol:g}",
-                          RuntimeWarning, stacklevel=2)
-            break
-        # second-order choice of j, eq. (svm-wss): the largest guaranteed decrease b^2 / a
-        b = m - g                                                           # (n,) > 0 on candidates
-        a = (diag[i] + diag - 2 * K[i]).clamp(min=tau)                      # (n,) curvature along the pair
-        score = torch.where(low & (b > 0), b * b / a, -math.inf)
-        j = int(score.argmax())
-        # exact minimiser along alpha_i += y_i t, alpha_j -= y_j t, clipped to the box
-        t = float(b[j] / a[j])
-        room_i = float(C - alpha[i] if y[i] > 0 else alpha[i])
-        room_j = float(alpha[j] if y[j] > 0 else C - alpha[j])
-        t = min(t, room_i, room_j)
-        alpha[i] = C if t == room_i and y[i] > 0 else (0.0 if t == room_i else alpha[i] + y[i] * t)
-        alpha[j] = 0.0 if t == room_j and y[j] > 0 else (C if t == room_j else alpha[j] - y[j] * t)
-        grad += t * y * (K[:, i] - K[:, j])                                 # Q = yy^T * K, rank-2 update
-        n_iter += 1
-    return SMOResult(alpha, _intercept(alpha, y, grad, C), grad, n_iter, gap, gap <= tol)
+    return A, B
+
+
+def platt_proba(scores, A: float, B: float):
+    """P(y = +1 | f) = 1 / (1 + exp(A f + B)) for every score (svm-platt); numpy in, numpy out."""
+    numpy_in = not isinstance(scores, torch.Tensor)
+    f = torch.as_tensor(scores, dtype=torch.float64)
+    p = torch.sigmoid(-(A * f + B))
+    return p.numpy() if numpy_in else p
 
 
 # ------------------------------------------------------------------------------------ estimators
 
+def _as_input(X, device) -> tuple[torch.Tensor, bool]:
+    """X as a float64 tensor on ``device``; and whether results go back as NumPy (X was not a tensor)."""
+    return _checks.features(X, device=device), not isinstance(X, torch.Tensor)
+
+
+def _output(values: torch.Tensor, numpy_out: bool):
+    return values.detach().cpu().numpy() if numpy_out else values
+
+
 def _binary_labels(y, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Map two class values to (classes, y in {-1, +1}); the larger class is +1, as in scikit-learn."""
+    classes, y = _class_labels(y, n, device)
+    if len(classes) != 2:
+        raise ValueError(f"y must contain exactly two classes for a binary SVM, got {len(classes)}: "
+                         f"{classes.tolist()[:10]} (use OneVsRest or OneVsOne for more)")
+    return classes, torch.where(y == classes[1], 1.0, -1.0).to(torch.float64)
+
+
+def _class_labels(y, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sorted distinct labels, y as a tensor on ``device``), checking shape and type."""
     try:
         y = torch.as_tensor(y, device=device)
     except (TypeError, ValueError, RuntimeError) as err:
@@ -234,54 +474,71 @@ def _binary_labels(y, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"y must be 1-D (n_samples,), got shape {tuple(y.shape)}")
     if len(y) != n:
         raise ValueError(f"X has {n} rows but y has {len(y)} labels")
-    classes = torch.unique(y)
-    if len(classes) != 2:
-        raise ValueError(f"y must contain exactly two classes for a binary SVM, got {len(classes)}: "
-                         f"{classes.tolist()[:10]}")
-    return classes, torch.where(y == classes[1], 1.0, -1.0).to(torch.float64)
+    return torch.unique(y), y
+
+
+def _targets(y, n: int, device) -> torch.Tensor:
+    """Real-valued regression targets as a float64 tensor, checked."""
+    try:
+        z = torch.as_tensor(y, dtype=torch.float64, device=device)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"y must be a 1-D array of numbers: {err}") from None
+    if z.ndim != 1:
+        raise ValueError(f"y must be 1-D (n_samples,), got shape {tuple(z.shape)}")
+    if len(z) != n:
+        raise ValueError(f"X has {n} rows but y has {len(z)} targets")
+    if not bool(torch.isfinite(z).all()):
+        raise ValueError("y contains NaN or infinite values")
+    return z
 
 
 class _BinaryClassifier:
-    """predict from decision_function, shared by both estimators."""
+    """predict from decision_function, shared by the binary estimators."""
 
-    def predict(self, X) -> torch.Tensor:
+    def predict(self, X):
         """Class of each row: ``classes_[1]`` where the score is positive, else ``classes_[0]``."""
         scores = self.decision_function(X)
-        return self.classes_[(scores > 0).long()]
+        numpy_out = not isinstance(scores, torch.Tensor)
+        scores = torch.as_tensor(scores, device=self.classes_.device)
+        return _output(self.classes_[(scores > 0).long()], numpy_out)
 
 
-class LinearSVM(_BinaryClassifier):
+class LinearSVM(ClassifierMixin, _BinaryClassifier, BaseEstimator):
     """Linear SVM trained in the primal (svm-primal) by full-batch subgradient descent (svm-subgrad).
 
     The step size is ``lr / sqrt(t)`` and the iterate with the lowest objective is kept, since a
     subgradient step need not decrease the objective. The loop is written out here rather than
     run through ``mlbook.train`` because the plain subgradient step *is* the algorithm the chapter
     derives. ``loss="logistic"`` gives L2-regularised logistic regression with the same code.
+    Parameters are stored as given and checked by ``fit`` (scikit-learn's convention).
 
     Fitted attributes: ``coef_`` (w), ``intercept_`` (b), ``classes_``, ``objective_`` (per step).
     """
 
     def __init__(self, C: float = 1.0, *, loss: str = "hinge", lr: float = 0.1, steps: int = 2000,
                  device=None):
-        self.C = _checks.real(C, "C", positive=True)
-        self.loss = _checks.choice(loss, "loss", list(LOSSES))
-        self.lr = _checks.real(lr, "lr", positive=True)
-        self.steps = _checks.integer(steps, "steps", minimum=1)
+        self.C = C
+        self.loss = loss
+        self.lr = lr
+        self.steps = steps
         self.device = device
-        self.coef_ = self.intercept_ = self.classes_ = None
 
     def fit(self, X, y) -> "LinearSVM":
-        X = _checks.features(X, device=get_device(self.device))
+        C = _checks.real(self.C, "C", positive=True)
+        loss = _checks.choice(self.loss, "loss", list(LOSSES))
+        lr = _checks.real(self.lr, "lr", positive=True)
+        steps = _checks.integer(self.steps, "steps", minimum=1)
+        X, _ = _as_input(X, get_device(self.device))
         self.classes_, ypm = _binary_labels(y, len(X), X.device)
         ypm = ypm.to(X.device)
         w = torch.zeros(X.shape[1], dtype=X.dtype, device=X.device)
         b = torch.zeros((), dtype=X.dtype, device=X.device)
         best = (math.inf, w, b)
         history = []
-        for t in range(1, self.steps + 1):
+        for t in range(1, steps + 1):
             w = w.detach().requires_grad_(True)
             b = b.detach().requires_grad_(True)
-            obj = primal_objective(w, b, X, ypm, self.C, self.loss)
+            obj = primal_objective(w, b, X, ypm, C, loss)
             # autograd returns a valid subgradient of the hinge: -y_i x_i inside the margin and at the kink
             # z_i = 1 (torch.clamp passes the gradient at its bound), 0 outside
             gw, gb = torch.autograd.grad(obj, (w, b))
@@ -289,81 +546,57 @@ class LinearSVM(_BinaryClassifier):
             history.append(value)
             if value < best[0]:
                 best = (value, w.detach(), b.detach())
-            step = self.lr / math.sqrt(t)
+            step = lr / math.sqrt(t)
             w, b = w.detach() - step * gw, b.detach() - step * gb
-        final = float(primal_objective(w, b, X, ypm, self.C, self.loss))
+        final = float(primal_objective(w, b, X, ypm, C, loss))
         if final < best[0]:
             best = (final, w, b)
         history.append(final)
         self.objective_ = history
         self.coef_, self.intercept_ = best[1], float(best[2])
+        self.n_features_in_ = X.shape[1]
         return self
 
-    def decision_function(self, X) -> torch.Tensor:
-        """f(x) = <w, x> + b for every row of X."""
+    def decision_function(self, X):
+        """f(x) = <w, x> + b for every row of X (a tensor for a tensor, else a NumPy array)."""
         _checks.fitted(self, "coef_")
+        numpy_out = not isinstance(X, torch.Tensor)
         X = _checks.features(X, n_features=len(self.coef_), device=self.coef_.device)
-        return X @ self.coef_ + self.intercept_
+        return _output(X @ self.coef_ + self.intercept_, numpy_out)
 
 
-class SVC(_BinaryClassifier):
-    """Kernel SVM solved exactly in the dual by :func:`smo`; the API follows scikit-learn's ``SVC``.
+class _KernelMachine:
+    """Kernel parameters, their checks, gamma="scale", and the decision function of a kernel expansion.
 
-    Args:
-        C: box constraint, the weight of the hinge loss in (svm-primal).
-        kernel: ``"linear"``, ``"rbf"`` or ``"poly"``.
-        gamma: kernel width for rbf/poly, or ``"scale"`` = 1 / (n_features * X.var()) as in scikit-learn.
-        degree, coef0: of the polynomial kernel (svm-poly).
-        tol: KKT gap at which SMO stops (svm-kkt-gap).
-
-    Fitted attributes: ``alpha_`` (all n multipliers), ``support_`` (indices with alpha > 0),
-    ``support_vectors_``, ``dual_coef_`` (alpha_i y_i of the support vectors), ``intercept_`` (b),
-    ``dual_objective_`` (svm-dual at the solution), ``n_iter_``, ``classes_``, and for the linear
-    kernel ``coef_`` = w = sum_i alpha_i y_i x_i (svm-w).
+    Subclasses set ``support_vectors_``, ``dual_coef_`` (one coefficient per support vector) and
+    ``intercept_`` in ``fit``; the score is sum_i dual_coef_i k(x_i, x) + intercept_ (svm-decision).
     """
 
-    def __init__(self, C: float = 1.0, *, kernel: str = "rbf", gamma: float | str = "scale", degree: int = 3,
-                 coef0: float = 0.0, tol: float = 1e-3, max_iter: int = 1_000_000, device=None):
-        self.C = _checks.real(C, "C", positive=True)
-        if kernel not in KERNELS:
-            raise ValueError(f"unknown kernel {kernel!r}: choose one of {', '.join(map(repr, KERNELS))}")
-        self.kernel = kernel
-        if gamma != "scale":
-            _checks.real(gamma, "gamma", positive=True)
-        self.gamma = gamma
-        self.degree = _checks.integer(degree, "degree", minimum=1)
-        self.coef0 = _checks.real(coef0, "coef0", nonnegative=True)
-        self.tol = _checks.real(tol, "tol", positive=True)
-        self.max_iter = _checks.integer(max_iter, "max_iter", minimum=1)
-        self.device = device
-        self.support_vectors_ = self.classes_ = None
+    def _check_kernel_params(self) -> None:
+        if self.kernel not in KERNELS:
+            raise ValueError(f"unknown kernel {self.kernel!r}: choose one of {', '.join(map(repr, KERNELS))}")
+        if not (isinstance(self.gamma, str) and self.gamma == "scale"):
+            if isinstance(self.gamma, str):
+                raise ValueError(f"gamma must be 'scale' or a positive number, got {self.gamma!r}")
+            _checks.real(self.gamma, "gamma", positive=True)
+        _checks.integer(self.degree, "degree", minimum=1)
+        _checks.real(self.coef0, "coef0", nonnegative=True)
+        self._tol = _checks.real(self.tol, "tol", positive=True)
+        self._max_iter = _checks.integer(self.max_iter, "max_iter", minimum=1)
+
+    def _resolve_gamma(self, X: torch.Tensor) -> None:
+        if isinstance(self.gamma, str):                                     # "scale", as scikit-learn
+            var = float(X.var(unbiased=False))
+            self.gamma_ = 1.0 / (X.shape[1] * var) if var > 0 else 1.0
+        else:
+            self.gamma_ = float(self.gamma)
 
     def _params(self) -> dict:
         if self.kernel == "rbf":
             return {"gamma": self.gamma_}
         if self.kernel == "poly":
-            return {"gamma": self.gamma_, "degree": self.degree, "coef0": self.coef0}
+            return {"gamma": self.gamma_, "degree": int(self.degree), "coef0": float(self.coef0)}
         return {}
-
-    def fit(self, X, y) -> "SVC":
-        X = _checks.features(X, device=get_device(self.device))
-        self.classes_, ypm = _binary_labels(y, len(X), X.device)
-        ypm = ypm.to(X.device)
-        if self.gamma == "scale":
-            var = float(X.var(unbiased=False))
-            self.gamma_ = 1.0 / (X.shape[1] * var) if var > 0 else 1.0
-        else:
-            self.gamma_ = float(self.gamma)
-        K = kernel_matrix(self.kernel, X, X, **self._params())             # (n, n)
-        res = smo(K, ypm, self.C, tol=self.tol, max_iter=self.max_iter)
-        self.alpha_, self.n_iter_, self.converged_ = res.alpha, res.n_iter, res.converged
-        self.support_ = torch.nonzero(res.alpha > 0).flatten()
-        self.support_vectors_ = X[self.support_]
-        self.dual_coef_ = (res.alpha * ypm)[self.support_]
-        self.intercept_ = res.b
-        self.dual_objective_ = float(dual_objective(res.alpha, ypm, K))
-        self.coef_ = self.dual_coef_ @ self.support_vectors_ if self.kernel == "linear" else None
-        return self
 
     def gram(self, X, Z) -> torch.Tensor:
         """Gram matrix ``k(X[i], Z[j])`` of the fitted kernel (gamma resolved by ``fit``)."""
@@ -373,9 +606,295 @@ class SVC(_BinaryClassifier):
         Z = _checks.features(Z, "Z", n_features=d, device=dev)
         return kernel_matrix(self.kernel, X, Z, **self._params())
 
-    def decision_function(self, X) -> torch.Tensor:
-        """f(x) = sum_{i in SV} alpha_i y_i k(x_i, x) + b, eq. (svm-decision)."""
-        return self.gram(X, self.support_vectors_) @ self.dual_coef_ + self.intercept_
+    def decision_function(self, X):
+        """f(x) = sum_{i in SV} coef_i k(x_i, x) + b, eq. (svm-decision); a tensor for a tensor, else NumPy."""
+        _checks.fitted(self, "support_vectors_")
+        numpy_out = not isinstance(X, torch.Tensor)
+        f = self.gram(X, self.support_vectors_) @ self.dual_coef_ + self.intercept_
+        return _output(f, numpy_out)
+
+    def _store(self, X: torch.Tensor, coef: torch.Tensor, b: float) -> None:
+        self.support_ = torch.nonzero(coef != 0).flatten()
+        self.support_vectors_ = X[self.support_]
+        self.dual_coef_ = coef[self.support_]
+        self.intercept_ = b
+        self.coef_ = self.dual_coef_ @ self.support_vectors_ if self.kernel == "linear" else None
+        self.n_features_in_ = X.shape[1]
+
+
+class SVC(ClassifierMixin, _BinaryClassifier, _KernelMachine, BaseEstimator):
+    """Binary kernel SVM solved exactly in the dual by :func:`smo`; the API follows scikit-learn's ``SVC``.
+
+    Args:
+        C: box constraint, the weight of the hinge loss in (svm-primal).
+        kernel: ``"linear"``, ``"rbf"`` or ``"poly"``.
+        gamma: kernel width for rbf/poly, or ``"scale"`` = 1 / (n_features * X.var()) as in scikit-learn.
+        degree, coef0: of the polynomial kernel (svm-poly).
+        tol: KKT gap at which SMO stops (svm-kkt-gap).
+
+    Parameters are stored as given and checked by ``fit``, so ``get_params``, ``set_params``,
+    ``clone``, ``GridSearchCV`` and ``cross_val_score`` work. ``fit`` and ``predict`` take tensors
+    or NumPy arrays; results come back as tensors for a tensor and as NumPy arrays otherwise.
+    More than two classes: wrap it in :class:`OneVsOne` or :class:`OneVsRest`.
+
+    Fitted attributes: ``alpha_`` (all n multipliers), ``support_`` (indices with alpha > 0),
+    ``support_vectors_``, ``dual_coef_`` (alpha_i y_i of the support vectors), ``intercept_`` (b),
+    ``dual_objective_`` (svm-dual at the solution), ``n_iter_``, ``classes_``, and for the linear
+    kernel ``coef_`` = w = sum_i alpha_i y_i x_i (svm-w).
+    """
+
+    def __init__(self, C: float = 1.0, *, kernel: str = "rbf", gamma: float | str = "scale", degree: int = 3,
+                 coef0: float = 0.0, tol: float = 1e-3, max_iter: int = 1_000_000, device=None):
+        self.C = C
+        self.kernel = kernel
+        self.gamma = gamma
+        self.degree = degree
+        self.coef0 = coef0
+        self.tol = tol
+        self.max_iter = max_iter
+        self.device = device
+
+    def fit(self, X, y) -> "SVC":
+        C = _checks.real(self.C, "C", positive=True)
+        self._check_kernel_params()
+        X, _ = _as_input(X, get_device(self.device))
+        self.classes_, ypm = _binary_labels(y, len(X), X.device)
+        ypm = ypm.to(X.device)
+        self._resolve_gamma(X)
+        K = kernel_matrix(self.kernel, X, X, **self._params())             # (n, n)
+        res = smo(K, ypm, C, tol=self._tol, max_iter=self._max_iter)
+        self.alpha_, self.n_iter_, self.converged_ = res.alpha, res.n_iter, res.converged
+        self._store(X, res.alpha * ypm, res.b)
+        self.dual_objective_ = float(dual_objective(res.alpha, ypm, K))
+        return self
+
+
+class NuSVC(ClassifierMixin, _BinaryClassifier, _KernelMachine, BaseEstimator):
+    """Binary nu-SVM (svm-nu-primal) solved by :func:`smo_nu`; the API follows scikit-learn's ``NuSVC``.
+
+    ``nu`` in (0, 1] bounds the fraction of margin errors from above and the fraction of support
+    vectors from below ({prf:ref}`svm-nu-property` on the page). The decision function is scaled
+    as libsvm's, f = (sum_i a_i y_i k(x_i, x) + b) / rho, so the margins sit at f = +-1.
+
+    Fitted attributes as :class:`SVC`, with ``alpha_`` the multipliers of (svm-nu-dual), in
+    [0, 1/n] and summing to nu, and ``rho_`` the margin parameter rho; the same classifier is the
+    C-SVM with C = 1 / (n rho) (svm-nu-c).
+    """
+
+    def __init__(self, nu: float = 0.5, *, kernel: str = "rbf", gamma: float | str = "scale", degree: int = 3,
+                 coef0: float = 0.0, tol: float = 1e-3, max_iter: int = 1_000_000, device=None):
+        self.nu = nu
+        self.kernel = kernel
+        self.gamma = gamma
+        self.degree = degree
+        self.coef0 = coef0
+        self.tol = tol
+        self.max_iter = max_iter
+        self.device = device
+
+    def fit(self, X, y) -> "NuSVC":
+        nu = _checks.real(self.nu, "nu", positive=True)
+        self._check_kernel_params()
+        X, _ = _as_input(X, get_device(self.device))
+        self.classes_, ypm = _binary_labels(y, len(X), X.device)
+        ypm = ypm.to(X.device)
+        self._resolve_gamma(X)
+        K = kernel_matrix(self.kernel, X, X, **self._params())             # (n, n)
+        res = smo_nu(K, ypm, nu, tol=self._tol, max_iter=self._max_iter)
+        if res.rho <= 0:
+            raise ValueError(f"nu = {nu:g} gives a non-positive margin rho = {res.rho:.3g}; choose a smaller nu")
+        n = len(X)
+        self.alpha_, self.rho_ = res.alpha / n, res.rho / n                 # back to alpha in [0, 1/n]
+        self.n_iter_, self.converged_ = res.n_iter, res.converged
+        self._store(X, res.alpha * ypm / res.rho, res.b / res.rho)
+        return self
+
+
+class SVR(RegressorMixin, _KernelMachine, BaseEstimator):
+    """Epsilon-insensitive support vector regression (svm-svr-primal) solved by :func:`smo_svr`.
+
+    The API follows scikit-learn's ``SVR``: ``C``, ``epsilon`` (half-width of the tube in which
+    errors cost nothing) and the kernel parameters of :class:`SVC`. Fitted attributes:
+    ``alpha_`` and ``alpha_star_`` (the two multipliers of every point), ``support_``,
+    ``support_vectors_``, ``dual_coef_`` (alpha_i - alpha*_i of the support vectors),
+    ``intercept_``, ``dual_objective_`` (svm-svr-dual), ``n_iter_``.
+    """
+
+    def __init__(self, C: float = 1.0, *, epsilon: float = 0.1, kernel: str = "rbf",
+                 gamma: float | str = "scale", degree: int = 3, coef0: float = 0.0, tol: float = 1e-3,
+                 max_iter: int = 1_000_000, device=None):
+        self.C = C
+        self.epsilon = epsilon
+        self.kernel = kernel
+        self.gamma = gamma
+        self.degree = degree
+        self.coef0 = coef0
+        self.tol = tol
+        self.max_iter = max_iter
+        self.device = device
+
+    def fit(self, X, y) -> "SVR":
+        C = _checks.real(self.C, "C", positive=True)
+        epsilon = _checks.real(self.epsilon, "epsilon", nonnegative=True)
+        self._check_kernel_params()
+        X, _ = _as_input(X, get_device(self.device))
+        z = _targets(y, len(X), X.device)
+        self._resolve_gamma(X)
+        K = kernel_matrix(self.kernel, X, X, **self._params())             # (n, n)
+        res = smo_svr(K, z, C, epsilon, tol=self._tol, max_iter=self._max_iter)
+        n = len(z)
+        self.alpha_, self.alpha_star_ = res.alpha[:n], res.alpha[n:]
+        self.n_iter_, self.converged_ = res.n_iter, res.converged
+        beta = self.alpha_ - self.alpha_star_
+        self._store(X, beta, res.b)
+        self.dual_objective_ = float(svr_dual_objective(beta, z, K, epsilon))
+        return self
+
+    def predict(self, X):
+        """f(x) = sum_i (alpha_i - alpha*_i) k(x_i, x) + b, eq. (svm-svr-f)."""
+        return self.decision_function(X)
+
+
+def svr_dual_objective(beta: torch.Tensor, z: torch.Tensor, K: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """The SVR dual (svm-svr-dual) at beta = alpha - alpha*, for a solution with alpha_i alpha*_i = 0.
+
+    sum_i z_i beta_i - epsilon sum_i |beta_i| - (1/2) beta^T K beta (then alpha_i + alpha*_i = |beta_i|).
+    """
+    beta = _checks.tensor(beta, "beta", ndim=1, floating=True)
+    return z @ beta - epsilon * beta.abs().sum() - 0.5 * beta @ K @ beta
+
+
+class OneClassSVM(OutlierMixin, _KernelMachine, BaseEstimator):
+    """One-class SVM (svm-oc-primal) solved by :func:`smo_one_class`; the API follows scikit-learn's.
+
+    Fits a region holding most of the data: ``predict`` is +1 inside it and -1 outside. ``nu`` bounds
+    the fraction of training points outside from above and the fraction of support vectors from
+    below, as for the nu-SVM. Fitted attributes: ``alpha_`` (a = nu n alpha, in [0, 1]),
+    ``support_``, ``support_vectors_``, ``dual_coef_``, ``intercept_`` (= -rho), ``n_iter_``.
+    """
+
+    def __init__(self, nu: float = 0.5, *, kernel: str = "rbf", gamma: float | str = "scale", degree: int = 3,
+                 coef0: float = 0.0, tol: float = 1e-3, max_iter: int = 1_000_000, device=None):
+        self.nu = nu
+        self.kernel = kernel
+        self.gamma = gamma
+        self.degree = degree
+        self.coef0 = coef0
+        self.tol = tol
+        self.max_iter = max_iter
+        self.device = device
+
+    def fit(self, X, y=None) -> "OneClassSVM":
+        nu = _checks.real(self.nu, "nu", positive=True)
+        self._check_kernel_params()
+        X, _ = _as_input(X, get_device(self.device))
+        self._resolve_gamma(X)
+        K = kernel_matrix(self.kernel, X, X, **self._params())             # (n, n)
+        res = smo_one_class(K, nu, tol=self._tol, max_iter=self._max_iter)
+        self.alpha_, self.n_iter_, self.converged_ = res.alpha, res.n_iter, res.converged
+        self._store(X, res.alpha, res.b)
+        return self
+
+    def predict(self, X):
+        """+1 where the score is positive (inside the region), -1 elsewhere, as libsvm."""
+        f = self.decision_function(X)
+        numpy_out = not isinstance(f, torch.Tensor)
+        f = torch.as_tensor(f)
+        return _output(torch.where(f > 0, 1, -1), numpy_out)
+
+
+# ---------------------------------------------------------------------------------- multiclass
+
+def _meta_fit_input(X, y, device):
+    X, _ = _as_input(X, get_device(device))
+    classes, y = _class_labels(y, len(X), X.device)
+    if len(classes) < 2:
+        raise ValueError(f"y must contain at least two classes, got {classes.tolist()}")
+    return X, classes, y
+
+
+def _binary_estimator(estimator):
+    if not (hasattr(estimator, "fit") and hasattr(estimator, "decision_function")):
+        raise TypeError(f"estimator must have fit and decision_function, got {type(estimator).__name__}")
+    return estimator
+
+
+class OneVsRest(ClassifierMixin, BaseEstimator):
+    """One binary classifier per class, that class against all others; predict the largest score.
+
+    ``estimator`` is any binary classifier with ``decision_function`` (here :class:`SVC`); it is
+    cloned for each class. ``decision_function`` returns the (n, K) scores (svm-ovr).
+    """
+
+    def __init__(self, estimator=None):
+        self.estimator = estimator
+
+    def fit(self, X, y) -> "OneVsRest":
+        base = _binary_estimator(self.estimator if self.estimator is not None else SVC())
+        X, self.classes_, y = _meta_fit_input(X, y, getattr(base, "device", None))
+        self.estimators_ = [clone(base).fit(X, torch.where(y == c, 1, -1)) for c in self.classes_]
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def decision_function(self, X):
+        _checks.fitted(self, "estimators_")
+        numpy_out = not isinstance(X, torch.Tensor)
+        scores = torch.stack([torch.as_tensor(e.decision_function(X)) for e in self.estimators_], 1)
+        return _output(scores, numpy_out)                                   # (n, K)
+
+    def predict(self, X):
+        _checks.fitted(self, "estimators_")
+        numpy_out = not isinstance(X, torch.Tensor)
+        scores = torch.as_tensor(self.decision_function(X))
+        return _output(self.classes_.to(scores.device)[scores.argmax(1)], numpy_out)
+
+
+class OneVsOne(ClassifierMixin, BaseEstimator):
+    """One binary classifier per pair of classes, trained on those two classes; predict by votes.
+
+    Pairs (a, b), a < b, come in scikit-learn's order (0, 1), (0, 2), ..., (1, 2), ...; the score of
+    a pair is positive for the second class b (the binary estimator's ``classes_[1]``), so it is the
+    negative of scikit-learn's ``SVC(decision_function_shape="ovo")``. Each pair votes for its
+    winner; ties between classes go to the first class, as in libsvm (svm-ovo).
+    """
+
+    def __init__(self, estimator=None):
+        self.estimator = estimator
+
+    def fit(self, X, y) -> "OneVsOne":
+        base = _binary_estimator(self.estimator if self.estimator is not None else SVC())
+        X, self.classes_, y = _meta_fit_input(X, y, getattr(base, "device", None))
+        self.pairs_, self.estimators_ = [], []
+        K = len(self.classes_)
+        for a in range(K):
+            for b in range(a + 1, K):
+                rows = (y == self.classes_[a]) | (y == self.classes_[b])
+                self.pairs_.append((a, b))
+                self.estimators_.append(clone(base).fit(X[rows], y[rows]))
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def decision_function(self, X):
+        _checks.fitted(self, "estimators_")
+        numpy_out = not isinstance(X, torch.Tensor)
+        scores = torch.stack([torch.as_tensor(e.decision_function(X)) for e in self.estimators_], 1)
+        return _output(scores, numpy_out)                                   # (n, K (K - 1) / 2)
+
+    def votes(self, X) -> torch.Tensor:
+        """(n, K) number of pairwise wins of each class."""
+        _checks.fitted(self, "estimators_")
+        scores = torch.as_tensor(self.decision_function(X))
+        votes = torch.zeros(len(scores), len(self.classes_), dtype=torch.long, device=scores.device)
+        for col, (a, b) in enumerate(self.pairs_):
+            second = scores[:, col] > 0
+            votes[:, b] += second
+            votes[:, a] += ~second
+        return votes
+
+    def predict(self, X):
+        numpy_out = not isinstance(X, torch.Tensor)
+        votes = self.votes(X)
+        return _output(self.classes_.to(votes.device)[votes.argmax(1)], numpy_out)
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -433,3 +952,62 @@ def draw_margins(ax, model, X, y, bounds, *, resolution: int = 200, colors=None,
                    linewidths=0.8, zorder=4)
     ax.set(xlim=(x0, x1), ylim=(y0, y1))
     return F
+
+
+# ----------------------------------------------------------------------------- coding exercise
+
+def _pair_step(alpha_i: float, alpha_j: float, y_i: float, y_j: float, g_i: float, g_j: float,
+               a_ij: float, C: float) -> tuple[float, float]:
+    """One clipped SMO step (svm-smo-step) on the pair (i, j): the reference for the exercise."""
+    room_i = C - alpha_i if y_i > 0 else alpha_i
+    room_j = alpha_j if y_j > 0 else C - alpha_j
+    t = min((g_i - g_j) / a_ij, room_i, room_j)
+    return alpha_i + y_i * t, alpha_j - y_j * t
+
+
+def check_smo_step(fn: Callable):
+    """Checker for the notebook's exercise: one SMO step on a pair, eq. (svm-smo-step).
+
+    ``fn(alpha_i, alpha_j, y_i, y_j, g_i, g_j, a_ij, C)`` returns the new pair (alpha_i, alpha_j)
+    after the exact step along alpha_i += y_i t, alpha_j -= y_j t, clipped to the box [0, C].
+    """
+    from .exercises import Case, check
+
+    def close(expected):
+        return lambda out: (len(out) == 2 and all(abs(float(o) - e) < 1e-12 for o, e in zip(out, expected)))
+
+    cases = [
+        Case("an unclipped step, both labels +1", (0.2, 0.3, 1.0, 1.0, 1.0, 0.5, 2.0, 1.0), close((0.45, 0.05)),
+             "the unclipped step length is (g_i - g_j) / a_ij; alpha_i moves by +y_i t, alpha_j by -y_j t."),
+        Case("a step that alpha_j = 0 stops", (0.2, 0.1, 1.0, 1.0, 1.0, 0.5, 2.0, 1.0), close((0.3, 0.0)),
+             "clip t to the room of each multiplier: alpha_j with y_j = +1 can only fall by alpha_j."),
+        Case("labels -1 and +1", (0.5, 0.5, -1.0, 1.0, 0.7, 0.3, 1.0, 1.0), close((0.1, 0.1)),
+             "with y_i = -1, alpha_i moves by -t; its room is alpha_i itself."),
+        Case("a step that the bound C stops", (0.9, 0.95, 1.0, -1.0, 1.5, 0.5, 1.0, 1.0), close((0.95, 1.0)),
+             "alpha_j with y_j = -1 rises by t and can rise only to C."),
+    ]
+    gen = torch.Generator().manual_seed(0)
+    for k in range(4):                                                      # random pairs: the equality holds
+        C = 1.0 + k
+        a_i, a_j = (C * torch.rand(2, generator=gen, dtype=torch.float64)).tolist()
+        y_i, y_j = (torch.randint(0, 2, (2,), generator=gen) * 2 - 1).double().tolist()
+        g_j = float(torch.randn((), generator=gen, dtype=torch.float64))
+        g_i = g_j + float(torch.rand((), generator=gen, dtype=torch.float64))
+        a = 0.1 + float(torch.rand((), generator=gen, dtype=torch.float64))
+        args = (a_i, a_j, y_i, y_j, g_i, g_j, a, C)
+        cases.append(Case(f"random pair {k + 1} (C = {C:g})", args, close(_pair_step(*args)),
+                          "the step keeps y_i alpha_i + y_j alpha_j fixed and both multipliers in [0, C]."))
+    return check(fn, cases, name=getattr(fn, "__name__", "your step"))
+
+
+def poly2_features(X: torch.Tensor, c: float = 1.0) -> torch.Tensor:
+    """The explicit features of the degree-2 polynomial kernel in two dimensions (page, kernel trick).
+
+    phi(u) = (u_1^2, u_2^2, sqrt2 u_1 u_2, sqrt(2c) u_1, sqrt(2c) u_2, c), so that
+    <phi(x), phi(z)> = (<x, z> + c)^2, eq. (svm-poly) with gamma = 1 and p = 2.
+    """
+    X = _checks.tensor(X, "X", ndim=2, floating=True, last_dim=2)
+    c = _checks.real(c, "c", nonnegative=True)
+    u1, u2 = X[:, 0], X[:, 1]
+    r2, rc = math.sqrt(2.0), math.sqrt(2.0 * c)
+    return torch.stack([u1**2, u2**2, r2 * u1 * u2, rc * u1, rc * u2, torch.full_like(u1, c)], 1)
