@@ -40,7 +40,7 @@ def test_forest_without_bootstrap_or_feature_sampling_is_copies_of_one_tree():
 
 def test_oob_uses_only_trees_that_did_not_see_the_row():
     X, y = _blobs(80)
-    forest = E.RandomForestClassifier(30, seed=3).fit(X, y)
+    forest = E.RandomForestClassifier(30, random_state=3).fit(X, y)
     vals = forest.tree_values(X)
     i = 5
     out = ~forest.in_bag_[:, i]
@@ -53,7 +53,7 @@ def test_oob_uses_only_trees_that_did_not_see_the_row():
 
 def test_bagging_regressor_averages_trees_and_predict_uses_the_first_n():
     X, y = _blobs()
-    reg = E.RandomForestRegressor(10, seed=1).fit(X, y.astype(float))
+    reg = E.RandomForestRegressor(10, random_state=1).fit(X, y.astype(float))
     vals = reg.tree_values(X)[..., 0]
     assert torch.allclose(reg.predict(X), vals.mean(1))
     assert torch.allclose(reg.predict(X, n_trees=3), vals[:, :3].mean(1))
@@ -113,14 +113,14 @@ def test_newton_boosting_squared_loss_with_no_penalty_is_gradient_boosting():
     # splits like least squares, so both boosters build the same model
     X, _ = _blobs()
     yr = np.sin(2 * X[:, 0]) + X[:, 1]
-    a = E.NewtonBoostingRegressor(5, lam=0.0, gamma=0.0, max_depth=2).fit(X, yr)
+    a = E.NewtonBoostingRegressor(5, reg_lambda=0.0, gamma=0.0, max_depth=2).fit(X, yr)
     b = E.GradientBoostingRegressor(5, max_depth=2).fit(X, yr)
     assert torch.allclose(a.predict(X), b.predict(X), atol=1e-10)
 
 
 def test_newton_root_gain_matches_the_formula():
     X, y = _blobs()
-    nb = E.NewtonBoostingClassifier(1, lam=2.0, gamma=0.5, max_depth=1).fit(X, y)
+    nb = E.NewtonBoostingClassifier(1, reg_lambda=2.0, gamma=0.5, max_depth=1).fit(X, y)
     t = nb.ensemble_
     p = torch.full((len(X),), float(y.mean()), dtype=torch.float64)
     g, h = p - torch.as_tensor(y, dtype=torch.float64), p * (1 - p)
@@ -151,15 +151,20 @@ def test_binary_losses_reject_three_classes_and_bad_parameters():
     X, _ = _blobs(30)
     y3 = np.arange(30) % 3
     with pytest.raises(ValueError, match="exactly 2 classes"):
-        E.GradientBoostingClassifier(2).fit(X, y3)
-    with pytest.raises(ValueError, match="exactly 2 classes"):
         E.NewtonBoostingClassifier(2).fit(X, y3)
+    # parameters are stored by __init__ unchanged and checked by fit
     with pytest.raises(ValueError, match="n_estimators"):
-        E.AdaBoostClassifier(0)
+        E.AdaBoostClassifier(0).fit(X, y3)
     with pytest.raises(ValueError, match="learning_rate"):
-        E.GradientBoostingRegressor(learning_rate=0.0)
-    with pytest.raises(ValueError, match="lam"):
-        E.NewtonBoostingRegressor(lam=-1.0)
+        E.GradientBoostingRegressor(learning_rate=0.0).fit(X, X[:, 0])
+    with pytest.raises(ValueError, match="reg_lambda"):
+        E.NewtonBoostingRegressor(reg_lambda=-1.0).fit(X, X[:, 0])
+    with pytest.raises(ValueError, match="subsample"):
+        E.GradientBoostingClassifier(subsample=1.5).fit(X, y3)
+    with pytest.raises(ValueError, match="max_features"):
+        E.RandomForestClassifier(3, max_features=0.0).fit(X, y3)
+    with pytest.raises(TypeError, match="bootstrap"):
+        E.RandomForestRegressor(3, bootstrap="yes").fit(X, X[:, 0])
     with pytest.raises(ValueError, match="at least two classes"):
         E.AdaBoostClassifier(2).fit(X, np.zeros(30, dtype=int))
 
@@ -170,8 +175,188 @@ def test_newton_boosting_without_l2_penalty_stays_finite():
     g = torch.Generator().manual_seed(0)
     X = torch.rand(300, 4, generator=g, dtype=torch.float64)
     y = (X[:, 0] + 0.2 * torch.rand(300, generator=g, dtype=torch.float64) > 0.6).long()
-    m = E.NewtonBoostingClassifier(60, lam=0.0, max_depth=3, learning_rate=1.0).fit(X, y)
+    m = E.NewtonBoostingClassifier(60, reg_lambda=0.0, max_depth=3, learning_rate=1.0).fit(X, y)
     assert torch.isfinite(m.ensemble_.value).all()
     assert float(torch.nan_to_num(m.ensemble_.gain, nan=0.0).max()) < 1e3
     assert torch.isfinite(m.predict_proba(X)).all()
     assert float((m.predict(X) == y).double().mean()) == 1.0
+
+
+def test_forest_on_5000_rows_and_20_features_with_blocked_search(monkeypatch):
+    # the data of the crash report: make_classification(5000, 20). A 100-tree forest needs two
+    # feature blocks at the default cell budget; a smaller budget makes 4 trees need five
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import RandomForestClassifier as SkForest
+    X, y = make_classification(5000, 20, random_state=0)
+    monkeypatch.setattr(trees, "_MAX_CELLS", 5000 * 4 * 3 * 4)
+    rf = E.RandomForestClassifier(4, max_depth=3, random_state=0).fit(X, y)
+    assert rf.forest_.roots.numel() == 4 and rf.forest_.depth == 3
+    sk = SkForest(4, max_depth=3, random_state=0).fit(X, y)
+    ours, theirs = float((rf.predict(X).numpy() == y).mean()), sk.score(X, y)
+    assert ours > 0.85 and abs(ours - theirs) < 0.05
+
+
+def test_boosting_on_5000_and_20000_rows():
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import GradientBoostingClassifier as SkGB
+    X, y = make_classification(5000, 20, random_state=0)
+    gb = E.GradientBoostingClassifier(5, max_depth=3).fit(X, y)
+    sk = SkGB(n_estimators=5, max_depth=3, random_state=0).fit(X, y)
+    ours = torch.sigmoid(gb.staged_raw(X)).numpy()
+    theirs = np.array([p[:, 1] for p in sk.staged_predict_proba(X)])
+    assert np.abs(ours - theirs).max() < 1e-9             # no feature tie: the same five trees
+    X, y = make_classification(20000, 20, random_state=1)
+    nb = E.NewtonBoostingClassifier(3, max_depth=3, splitter="hist").fit(X, y)
+    raw = nb.staged_raw(X)
+    p = torch.sigmoid(raw).clamp(1e-12, 1 - 1e-12)
+    yt = torch.as_tensor(y, dtype=torch.float64)
+    loss = -(yt * p.log() + (1 - yt) * (1 - p).log()).mean(1)
+    assert bool((loss[1:] < loss[:-1]).all()) and float((nb.predict(X).numpy() == y).mean()) > 0.85
+
+
+ESTIMATORS = [E.RandomForestClassifier(5, random_state=0), E.RandomForestRegressor(5),
+              E.AdaBoostClassifier(5), E.GradientBoostingClassifier(5), E.GradientBoostingRegressor(5),
+              E.NewtonBoostingClassifier(5), E.NewtonBoostingRegressor(5),
+              trees.DecisionTreeClassifier(max_depth=3), trees.DecisionTreeRegressor(max_depth=3)]
+
+
+@pytest.mark.parametrize("est", ESTIMATORS, ids=lambda e: type(e).__name__)
+def test_scikit_learn_tools_run_on_every_estimator(est):
+    from sklearn.base import clone, is_classifier
+    from sklearn.model_selection import GridSearchCV, cross_val_score
+    X, y = _blobs(90)
+    target = y if is_classifier(est) else X[:, 0] + y
+    twin = clone(est)
+    assert twin.get_params() == est.get_params() and twin is not est
+    assert clone(est.set_params(max_depth=2)).max_depth == 2
+    scores = cross_val_score(clone(est), X, target, cv=3)
+    assert scores.shape == (3,) and np.isfinite(scores).all()
+    grid = GridSearchCV(clone(est), {"max_depth": [1, 3]}, cv=3).fit(X, target)
+    assert grid.best_params_["max_depth"] in (1, 3)
+    # numpy arrays and torch tensors give the same fit
+    a = clone(est).fit(X, target).predict(X)
+    b = clone(est).fit(torch.as_tensor(X), torch.as_tensor(target)).predict(torch.as_tensor(X))
+    assert torch.equal(a, b)
+
+
+def test_init_stores_parameters_unchanged():
+    est = E.RandomForestClassifier(n_estimators="many", max_features="cube", device="nowhere")
+    assert est.get_params()["n_estimators"] == "many" and est.device == "nowhere"
+    with pytest.raises(ValueError, match="device"):
+        est.fit(*_blobs(20))
+    with pytest.raises(TypeError, match="n_estimators"):
+        est.set_params(device=None).fit(*_blobs(20))
+
+
+def test_multiclass_gradient_boosting_equals_scikit_learn():
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import GradientBoostingClassifier as SkGB
+    X, y = make_classification(300, 6, n_informative=4, n_classes=3, random_state=0)
+    ours = E.GradientBoostingClassifier(8, max_depth=2).fit(X, y)
+    sk = SkGB(n_estimators=8, max_depth=2, random_state=0).fit(X, y)
+    proba = ours.staged_predict_proba(X).numpy()               # (rounds, n, 3)
+    assert np.abs(proba - np.stack(list(sk.staged_predict_proba(X)))).max() < 1e-9
+    assert proba.shape == (8, 300, 3)
+
+
+def test_subsample_fits_each_round_on_a_fraction_of_the_rows():
+    X, y = _blobs(200)
+    full = E.GradientBoostingClassifier(6, max_depth=2).fit(X, y)
+    half = E.GradientBoostingClassifier(6, max_depth=2, subsample=0.5, random_state=1).fit(X, y)
+    roots = half.ensemble_.n_samples[half.ensemble_.roots]
+    assert roots.tolist() == [100] * 6
+    assert full.ensemble_.n_samples[full.ensemble_.roots].tolist() == [200] * 6
+    again = E.GradientBoostingClassifier(6, max_depth=2, subsample=0.5, random_state=1).fit(X, y)
+    assert torch.equal(half.predict_proba(X), again.predict_proba(X))
+
+
+def test_forest_importances_match_scikit_learns_rule():
+    # scikit-learn: normalise each tree's impurity decreases to sum 1, average over the trees,
+    # normalise again. Two different trees (no feature ties in either) stacked into one forest:
+    from sklearn.datasets import make_friedman1
+    from sklearn.tree import DecisionTreeRegressor as SkTree
+    X, y = make_friedman1(150, noise=1.0, random_state=0)
+    fits = [trees.DecisionTreeRegressor(max_depth=d, min_samples_leaf=5).fit(X, y) for d in (2, 6)]
+    sks = [SkTree(max_depth=d, min_samples_leaf=5, random_state=0).fit(X, y) for d in (2, 6)]
+    expected = np.mean([sk.feature_importances_ for sk in sks], 0)
+    ours = trees.impurity_importance(E.stack([f.tree_ for f in fits]), 10).numpy()
+    assert np.allclose(ours, expected / expected.sum(), atol=1e-12) and ours.sum() == pytest.approx(1)
+    one = E.RandomForestRegressor(1, bootstrap=False, max_depth=6, min_samples_leaf=5).fit(X, y)
+    assert np.allclose(one.feature_importances_.numpy(), sks[1].feature_importances_, atol=1e-12)
+
+
+def test_check_gini_gain_passes_a_right_answer_and_fails_wrong_ones():
+    def right(yl, yr, K):
+        score = [(torch.bincount(v, minlength=K).double() ** 2).sum() / len(v) for v in (yl, yr)]
+        parent = torch.bincount(torch.cat([yl, yr]), minlength=K).double()
+        return float(score[0] + score[1] - (parent ** 2).sum() / parent.sum())
+
+    def impurity_drop(yl, yr, K):                 # unweighted impurities: a common mistake
+        def gini(v):
+            p = torch.bincount(v, minlength=K).double() / len(v)
+            return 1 - float((p * p).sum())
+        return gini(torch.cat([yl, yr])) - gini(yl) - gini(yr)
+
+    def unwritten(yl, yr, K):
+        raise NotImplementedError
+
+    assert E.check_gini_gain(right)
+    assert not E.check_gini_gain(impurity_drop)
+    assert "not yet" in repr(E.check_gini_gain(unwritten))
+
+
+def test_variance_of_averages_matches_the_formula_on_exchangeable_draws():
+    # predictions with a known structure: per set a shared part (variance c) plus independent
+    # parts (variance w): rho = c / (c + w), and forests of B trees have variance c + w / B
+    g = torch.Generator().manual_seed(0)
+    R, T, n, c, w = 400, 20, 30, 1.0, 3.0
+    pred = (c ** 0.5) * torch.randn(R, 1, n, generator=g, dtype=torch.float64) \
+        + (w ** 0.5) * torch.randn(R, T, n, generator=g, dtype=torch.float64)
+    est = E.tree_correlation(pred)
+    assert est["s2"] == pytest.approx(4.0, rel=0.05) and est["rho"] == pytest.approx(0.25, abs=0.03)
+    for B in (1, 4, 10):
+        assert E.forest_variance(pred, B) == pytest.approx(c + w / B, rel=0.08)
+        assert E.averaged_variance(4.0, 0.25, B) == pytest.approx(c + w / B)
+    with pytest.raises(ValueError, match="2 training sets"):
+        E.tree_correlation(pred[:1])
+    with pytest.raises(ValueError, match="n_trees"):
+        E.forest_variance(pred, T + 1)
+
+
+def test_stacking_equals_scikit_learns_with_the_same_folds():
+    from sklearn.ensemble import StackingClassifier as SkStack
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import KFold
+    X, y = _blobs(120)
+    bases = [("forest", E.RandomForestClassifier(5, max_depth=3, random_state=0)),
+             ("boost", E.GradientBoostingClassifier(5, max_depth=2))]
+    ours = E.StackingClassifier(bases, LogisticRegression(), cv=4).fit(X, y)
+    sk = SkStack(bases, LogisticRegression(), cv=KFold(4)).fit(X, y)
+    assert ours.stack_features_.shape == (120, 2)              # one column per base (2 classes)
+    assert np.allclose(ours.predict_proba(X), sk.predict_proba(X), atol=1e-12)
+    assert np.array_equal(ours.predict(X), sk.predict(X))
+    with pytest.raises(TypeError, match="predict_proba"):
+        E.StackingClassifier([("ada", E.AdaBoostClassifier(3))]).fit(X, y)
+    with pytest.raises(ValueError, match="pairs"):
+        E.StackingClassifier([]).fit(X, y)
+
+
+def test_importances_exist_only_after_fit():
+    est = E.RandomForestRegressor(3)
+    assert not hasattr(est, "feature_importances_")
+    X, y = _blobs(40)
+    assert est.fit(X, y.astype(float)).feature_importances_.shape == (2,)
+
+
+def test_hessian_sketch_fits_the_training_rows_better_than_uniform_bins():
+    from sklearn.datasets import make_classification
+    X, y = make_classification(1000, 6, n_informative=4, class_sep=1.5, random_state=0)
+    loss = {}
+    for sketch in ("uniform", "hessian"):
+        nb = E.NewtonBoostingClassifier(25, max_depth=3, learning_rate=0.3, splitter="hist",
+                                        max_bins=6, sketch=sketch).fit(X, y)
+        p = nb.predict_proba(X)[:, 1].clamp(1e-12, 1 - 1e-12).numpy()
+        loss[sketch] = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    assert loss["hessian"] < loss["uniform"]
+    with pytest.raises(ValueError, match="sketch"):
+        E.NewtonBoostingClassifier(2, splitter="hist", sketch="exact").fit(X, y)

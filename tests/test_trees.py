@@ -148,10 +148,17 @@ def test_bad_targets_and_parameters_raise():
         trees.DecisionTreeRegressor().fit(X4, [0.0, math.nan, 1.0, 2.0])
     with pytest.raises(ValueError, match="sample_weight"):
         trees.DecisionTreeClassifier().fit(X4, Y4, sample_weight=[1.0, -1.0, 1.0, 1.0])
+    # scikit-learn's convention: __init__ stores, fit checks
     with pytest.raises(ValueError, match="max_depth"):
-        trees.DecisionTreeClassifier(max_depth=0)
+        trees.DecisionTreeClassifier(max_depth=0).fit(X4, Y4)
     with pytest.raises(ValueError, match="splitter"):
-        trees.DecisionTreeClassifier(splitter="random")
+        trees.DecisionTreeClassifier(splitter="random").fit(X4, Y4)
+    with pytest.raises(ValueError, match="criterion"):
+        trees.DecisionTreeRegressor(criterion="gini").fit(X4, Y4)
+    with pytest.raises(ValueError, match="ccp_alpha"):
+        trees.DecisionTreeClassifier(ccp_alpha=-0.1).fit(X4, Y4)
+    with pytest.raises(TypeError, match="random_state"):
+        trees.DecisionTreeClassifier(random_state=1.5).fit(X4, Y4)
 
 
 def test_decision_path_marks_root_inner_node_and_leaf():
@@ -217,3 +224,95 @@ def test_draw_splits_draws_one_line_per_split_thinner_with_depth():
     assert len(ax.lines) == len(segments) == 3
     assert ax.lines[0].get_linewidth() > ax.lines[1].get_linewidth()
     assert ax.get_xlim() == (0.0, 1.0)
+
+
+def _fields(t):
+    return [t.feature, t.threshold, t.left, t.right, t.value, t.n_samples, t.ties]
+
+
+@pytest.mark.parametrize("splitter", ["exact", "hist"])
+def test_search_in_chunks_equals_search_in_one_piece(monkeypatch, splitter):
+    # Large forests are searched a block of features (exact) or of nodes (hist) at a time, so that
+    # no temporary exceeds _MAX_CELLS. A 100-tree forest on 5000 x 20 was the first input big enough
+    # to need two blocks, and the tie bookkeeping then indexed the block by the feature number
+    # (IndexError). A tiny cell budget forces many blocks here; the trees must not change.
+    from sklearn.datasets import make_classification
+    X, y = make_classification(300, 20, random_state=0)
+    X = torch.as_tensor(X).float().double()
+    crit = trees.Gini(2)
+    stats = crit.stats(torch.as_tensor(y), torch.ones(300, dtype=torch.float64))
+    rows = torch.randint(300, (4 * 300,), generator=torch.Generator().manual_seed(0))
+    kw = dict(groups=torch.arange(4).repeat_interleave(300), n_groups=4, max_features=4,
+              max_bins=None if splitter == "exact" else 32)
+    whole = trees.grow(X[rows], stats[rows], crit, generator=torch.Generator().manual_seed(1), **kw)
+    monkeypatch.setattr(trees, "_MAX_CELLS", 4000)          # exact: 3 features per block
+    pieces = trees.grow(X[rows], stats[rows], crit, generator=torch.Generator().manual_seed(1), **kw)
+    assert whole.n_leaves > 40
+    for a, b in zip(_fields(whole), _fields(pieces)):
+        assert torch.equal(a.nan_to_num(-7.0), b.nan_to_num(-7.0))
+
+
+def test_entropy_tree_equals_scikit_learns():
+    from sklearn.datasets import make_classification
+    from sklearn.tree import DecisionTreeClassifier as SkTree
+    X, y = make_classification(300, 5, n_informative=3, n_classes=3, random_state=0)
+    ours = trees.DecisionTreeClassifier(criterion="entropy", max_depth=5).fit(X, y)
+    sk = SkTree(criterion="entropy", max_depth=5, random_state=0).fit(X, y)
+    assert ours.tree_.n_leaves == sk.get_n_leaves()
+    assert np.array_equal(ours.predict(X).numpy(), sk.predict(X))
+    root = ours.tree_
+    # information gain of the root = N I(parent) - N_L I(L) - N_R I(R), from the stored impurities
+    w, imp = root.weight, root.impurity
+    l, r = int(root.left[0]), int(root.right[0])
+    assert root.gain[0].item() == pytest.approx(float(w[0] * imp[0] - w[l] * imp[l] - w[r] * imp[r]))
+    assert imp[0].item() == pytest.approx(sk.tree_.impurity[0])
+
+
+@pytest.mark.parametrize("criterion", ["gini", "entropy"])
+def test_pruning_path_and_pruned_tree_equal_scikit_learns(criterion):
+    from sklearn.datasets import make_classification
+    from sklearn.tree import DecisionTreeClassifier as SkTree
+    X, y = make_classification(200, 5, n_informative=3, random_state=1, flip_y=0.1)
+    ours = trees.DecisionTreeClassifier(criterion=criterion)
+    sk = SkTree(criterion=criterion, random_state=0)
+    path, sk_path = ours.cost_complexity_pruning_path(X, y), sk.cost_complexity_pruning_path(X, y)
+    assert len(path["ccp_alphas"]) == len(sk_path.ccp_alphas) > 5
+    assert np.allclose(path["ccp_alphas"].numpy(), sk_path.ccp_alphas, rtol=1e-9, atol=1e-12)
+    assert np.allclose(path["impurities"].numpy(), sk_path.impurities, rtol=1e-9, atol=1e-12)
+    mid = len(sk_path.ccp_alphas) // 2              # half-way between two steps of the path
+    alpha = float(sk_path.ccp_alphas[mid:mid + 2].mean())
+    pruned = trees.DecisionTreeClassifier(criterion=criterion, ccp_alpha=alpha).fit(X, y)
+    sk_pruned = SkTree(criterion=criterion, ccp_alpha=alpha, random_state=0).fit(X, y)
+    assert pruned.tree_.n_leaves == sk_pruned.get_n_leaves() < ours.fit(X, y).tree_.n_leaves
+    assert np.array_equal(pruned.predict(X).numpy(), sk_pruned.predict(X))
+
+
+def test_regression_pruning_and_tree_importances_equal_scikit_learns():
+    from sklearn.datasets import make_friedman1
+    from sklearn.tree import DecisionTreeRegressor as SkTree
+    X, y = make_friedman1(150, noise=1.0, random_state=0)
+    ours = trees.DecisionTreeRegressor(max_depth=6, min_samples_leaf=5)
+    sk = SkTree(max_depth=6, min_samples_leaf=5, random_state=0)
+    path, sk_path = ours.cost_complexity_pruning_path(X, y), sk.cost_complexity_pruning_path(X, y)
+    assert np.allclose(path["ccp_alphas"].numpy(), sk_path.ccp_alphas, rtol=1e-7, atol=1e-10)
+    ours.fit(X, y)
+    sk.fit(X, y)
+    assert np.allclose(ours.feature_importances_.numpy(), sk.feature_importances_, atol=1e-10)
+
+
+def test_pruning_rejects_a_forest():
+    y, w = torch.rand(20, dtype=torch.float64), torch.ones(20, dtype=torch.float64)
+    forest = trees.grow(torch.rand(20, 2, dtype=torch.float64), trees.SquaredError.stats(y, w),
+                        trees.SquaredError(), groups=torch.arange(20) % 2, n_groups=2)
+    with pytest.raises(ValueError, match="single tree"):
+        trees.pruning_path(forest)
+
+
+def test_weighted_quantile_bins_put_equal_weight_in_every_bin():
+    x = torch.arange(1, 101, dtype=torch.float64)[:, None]              # values 1..100
+    w = torch.where(x[:, 0] > 80, 9.0, 1.0).double()                     # the top 20 carry 180 of 260
+    plain = trees.bin_edges(x, 4)[0].tolist()
+    weighted = trees.bin_edges(x, 4, w)[0].tolist()
+    assert plain == [25.0, 50.0, 75.0, 100.0]
+    # weight at or below each edge reaches 65, 130, 195, 260: edges 65, 86, 93, 100
+    assert weighted == [65.0, 86.0, 93.0, 100.0]

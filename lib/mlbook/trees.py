@@ -24,12 +24,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone, is_classifier
 
 from . import _checks
 from .device import get_device
 
-__all__ = ["Gini", "SquaredError", "Newton", "Tree", "bin_edges", "grow", "apply", "decision_path",
+__all__ = ["Gini", "Entropy", "SquaredError", "Newton", "Tree", "bin_edges", "grow", "apply",
+           "decision_path", "tree_of_nodes", "impurity_importance", "pruning_path", "prune",
            "split_segments", "draw_splits", "DecisionTreeClassifier", "DecisionTreeRegressor"]
 
 _EPS = torch.finfo(torch.float64).eps
@@ -78,6 +81,30 @@ class Gini:
     def value(s: torch.Tensor) -> torch.Tensor:
         return s / s.sum(-1, keepdim=True)                        # class proportions in the leaf
 
+    @staticmethod
+    def weight(s: torch.Tensor) -> torch.Tensor:
+        return s.sum(-1)
+
+
+class Entropy(Gini):
+    """Classification by entropy, ``I = -sum_k p_k log2 p_k``; statistics as for :class:`Gini`.
+
+    ``N I = N log2 N - sum_k N_k log2 N_k``, so the score of a child is
+    ``sum_k N_k log2 N_k - N log2 N`` and the gain is eq. (ens-entropy-gain), the weighted
+    decrease of entropy (the information gain). Base 2, as scikit-learn's ``criterion="entropy"``.
+    """
+
+    @staticmethod
+    def score(s: torch.Tensor) -> torch.Tensor:
+        s = s.clamp_min(0)                                        # see Gini.score
+        tot = s.sum(-1)
+        return (torch.special.xlogy(s, s).sum(-1) - torch.special.xlogy(tot, tot)) / math.log(2)
+
+    @staticmethod
+    def impurity(s: torch.Tensor) -> torch.Tensor:
+        p = s / s.sum(-1, keepdim=True)
+        return -torch.special.xlogy(p, p).sum(-1) / math.log(2)
+
 
 class SquaredError:
     """Regression: statistics ``[w, w y, w y^2]``; score ``(sum w y)^2 / sum w``, so the gain is
@@ -108,6 +135,10 @@ class SquaredError:
     @staticmethod
     def value(s):
         return (s[..., 1] / s[..., 0])[..., None]
+
+    @staticmethod
+    def weight(s):
+        return s[..., 0]
 
 
 class Newton:
@@ -146,6 +177,10 @@ class Newton:
         d = s[..., 1] + self.lam
         return torch.where(d > _H_MIN, -s[..., 0] / d.clamp_min(_H_MIN), 0.0)[..., None]   # not 0/0 = nan
 
+    @staticmethod
+    def weight(s):
+        return s[..., 1]                                          # the Hessian sum ("cover")
+
 
 # ---------------------------------------------------------------------------------- the tree
 
@@ -160,27 +195,40 @@ class Tree:
     value: torch.Tensor       # (nodes, outputs) leaf prediction (also stored at inner nodes)
     n_samples: torch.Tensor   # (nodes,) long, training rows that reached the node
     gain: torch.Tensor        # (nodes,) float64 criterion gain of the node's split (nan at leaves)
-    ties: torch.Tensor        # (nodes,) long, features whose best split reaches that gain (0 at leaves)
+    ties: torch.Tensor        # (nodes,) long, features whose best split reaches that gain, up to rounding (0 at leaves)
     roots: torch.Tensor       # (trees,) long
     depth: int                # deepest level grown
+    impurity: torch.Tensor | None = None   # (nodes,) float64 impurity I of the node's rows
+    weight: torch.Tensor | None = None     # (nodes,) float64 weighted size N of the node
 
     @property
     def n_leaves(self) -> int:
         return int((self.feature < 0).sum())
 
 
-def bin_edges(X: torch.Tensor, max_bins: int | None = None) -> torch.Tensor:
+def bin_edges(X: torch.Tensor, max_bins: int | None = None,
+              weights: torch.Tensor | None = None) -> torch.Tensor:
     """Per-feature bin edges ``(d, B)``, padded with ``+inf``: bin ``b`` holds ``edges[b-1] < x <= edges[b]``.
 
     ``max_bins=None`` gives the exact splitter's edges, every distinct value of the feature;
     otherwise at most ``max_bins`` edges at quantiles of the feature (the histogram splitter).
+    With ``weights`` (non-negative, one per row) the quantiles are *weighted*: each bin holds about
+    ``1 / max_bins`` of the total weight, eq. (ens-xgb-sketch); second-order boosting passes the
+    Hessians ``k_i``, XGBoost's weighted quantile sketch computed exactly.
     """
     cols = []
     for j in range(X.shape[1]):
         u = torch.unique(X[:, j])                                    # sorted distinct values
         if max_bins is not None and len(u) > max_bins:
-            q = torch.linspace(0, 1, max_bins + 1, dtype=X.dtype, device=X.device)[1:]
-            u = torch.unique(torch.quantile(X[:, j], q, interpolation="lower"))
+            if weights is None:
+                q = torch.linspace(0, 1, max_bins + 1, dtype=X.dtype, device=X.device)[1:]
+                u = torch.unique(torch.quantile(X[:, j], q, interpolation="lower"))
+            else:
+                order = torch.argsort(X[:, j], stable=True)
+                rank = torch.cumsum(weights[order], 0)               # weight at or below each value
+                q = torch.arange(1, max_bins + 1, dtype=X.dtype, device=X.device) / max_bins
+                at = torch.searchsorted(rank, q * rank[-1]).clamp_max(len(order) - 1)
+                u = torch.unique(X[order[at], j])
         cols.append(u)
     width = max(len(u) for u in cols)
     edges = torch.full((X.shape[1], width), math.inf, dtype=X.dtype, device=X.device)
@@ -204,11 +252,11 @@ def _search_sorted(codes, B, s1, criterion, idx, nid, tot, can, allowed, min_lea
     dev = s1.device
     best_gain = torch.full((F,), -math.inf, dtype=s1.dtype, device=dev)
     best_key = torch.zeros(F, dtype=torch.long, device=dev)
-    n_ties = torch.zeros(F, dtype=torch.long, device=dev)
+    feat_best = torch.full((F, d), -math.inf, dtype=s1.dtype, device=dev)   # best gain per feature
     keep = can[nid]
     rows, node = idx[keep], nid[keep]
     if len(rows) == 0:
-        return best_gain, best_key, best_key.clone(), n_ties
+        return best_gain, best_key, best_key.clone(), torch.zeros(F, dtype=torch.long, device=dev)
     tot_c = tot * can[:, None].to(tot.dtype)
     before = tot_c.cumsum(0) - tot_c                                 # stats of all earlier nodes, (F, m+1)
     step = max(1, _MAX_CELLS // (len(rows) * m1))
@@ -233,14 +281,12 @@ def _search_sorted(codes, B, s1, criterion, idx, nid, tot, can, allowed, min_lea
         key = torch.where(hit, J * B + scode, torch.iinfo(torch.long).max)
         chunk_key = torch.full((F,), torch.iinfo(torch.long).max, dtype=torch.long, device=dev).scatter_reduce(
             0, snode.reshape(-1), key.reshape(-1), "amin")
-        tied = torch.zeros(F, len(J), dtype=torch.bool, device=dev)
-        tied[snode[hit], J.expand_as(snode)[hit]] = True
-        better = chunk_best > best_gain
-        same = (chunk_best == best_gain) & torch.isfinite(chunk_best)
-        n_ties = torch.where(better, tied.sum(1), n_ties + torch.where(same, tied.sum(1), 0))
-        best_key = torch.where(better, chunk_key, best_key)
+        cell = snode * d + J                                         # (node, feature) of every candidate
+        feat_best.view(-1).scatter_reduce_(0, cell.reshape(-1), g.reshape(-1), "amax")
+        better = chunk_best > best_gain                              # a later block wins only if strictly
+        best_key = torch.where(better, chunk_key, best_key)          # better: the lowest feature among equals
         best_gain = torch.maximum(best_gain, chunk_best)
-    return best_gain, best_key // B, best_key % B, n_ties
+    return best_gain, best_key // B, best_key % B, _count_ties(feat_best, best_gain, criterion, tot)
 
 
 def _search_hist(codes, B, s1, criterion, idx, nid, tot, can, allowed, min_leaf):
@@ -250,7 +296,7 @@ def _search_hist(codes, B, s1, criterion, idx, nid, tot, can, allowed, min_leaf)
     best_gain = torch.full((F,), -math.inf, dtype=s1.dtype, device=dev)
     best_feat = torch.zeros(F, dtype=torch.long, device=dev)
     best_bin = torch.zeros(F, dtype=torch.long, device=dev)
-    n_ties = torch.zeros(F, dtype=torch.long, device=dev)
+    feat_best = torch.full((F, d), -math.inf, dtype=s1.dtype, device=dev)   # best gain per feature
     cand = can.nonzero().squeeze(1)
     chunk = max(1, _MAX_CELLS // (d * B * m1))
     for start in range(0, len(cand), chunk):
@@ -274,33 +320,49 @@ def _search_hist(codes, B, s1, criterion, idx, nid, tot, can, allowed, min_leaf)
         g = torch.where(ok, g, torch.full_like(g, -math.inf))
         val, arg = g.reshape(C, d * B).max(1)                        # first maximum: lowest feature, bin
         best_gain[nodes], best_feat[nodes], best_bin[nodes] = val, arg // B, arg % B
-        n_ties[nodes] = (g == val[:, None, None]).any(2).sum(1)
-    return best_gain, best_feat, best_bin, n_ties
+        feat_best[nodes] = g.max(2).values
+    return best_gain, best_feat, best_bin, _count_ties(feat_best, best_gain, criterion, tot)
+
+
+def _count_ties(feat_best, best_gain, criterion, tot):
+    """Features whose best split reaches the node's best gain up to rounding, per node.
+
+    Two mathematically equal gains computed from different prefix sums can differ in the last bits,
+    and another implementation may order them the other way; so a feature counts as tied when its
+    best gain is within ``1e-9`` of the parent's score (the size of the terms the gain is a
+    difference of) below the best. 0 where the node has no valid split.
+    """
+    scale = criterion.score(tot[:, :-1]).abs()
+    tol = 1e-9 * (scale + best_gain.abs())
+    near = torch.isfinite(feat_best) & (feat_best >= (best_gain - tol)[:, None])
+    return torch.where(torch.isfinite(best_gain), near.sum(1), 0)
 
 
 
 def grow(X: torch.Tensor, stats: torch.Tensor, criterion, *, groups: torch.Tensor | None = None,
          n_groups: int = 1, max_depth: int | None = None, min_samples_split: int = 2,
          min_samples_leaf: int = 1, max_features: int | None = None, max_bins: int | None = None,
-         generator: torch.Generator | None = None) -> Tree:
+         bin_weights: torch.Tensor | None = None, generator: torch.Generator | None = None) -> Tree:
     """Grow ``n_groups`` trees at once; sample ``i`` trains tree ``groups[i]``. Greedy CART, eq. (ens-cart-split).
 
     Args:
         X: ``(n, d)`` float64 features. stats: ``(n, m)`` per-sample statistics of ``criterion``.
         max_features: features drawn (without replacement) per node, ``None`` for all.
         max_bins: ``None`` for the exact splitter, else the histogram splitter's bin count.
+        bin_weights: ``(n,)`` row weights for weighted-quantile bins (histogram splitter only).
     """
     n, d = X.shape
     dev = X.device
     max_depth = math.inf if max_depth is None else max_depth
-    edges = bin_edges(X, max_bins)
+    edges = bin_edges(X, max_bins, None if max_bins is None else bin_weights)
     codes = _codes(X, edges)                                         # (n, d)
     B = edges.shape[1]
     s1 = torch.cat([stats, torch.ones(n, 1, dtype=stats.dtype, device=dev)], 1)   # last column: counts
     m = stats.shape[1]
     node_of = (torch.zeros(n, dtype=torch.long, device=dev) if groups is None else groups.clone())
     F = n_groups                                                     # nodes in the current level
-    out = {k: [] for k in ("feature", "threshold", "left", "right", "value", "n_samples", "gain", "ties")}
+    out = {k: [] for k in ("feature", "threshold", "left", "right", "value", "n_samples", "gain", "ties",
+                           "impurity", "weight")}
     base, depth = 0, 0
     while F > 0:
         act = node_of >= 0
@@ -347,6 +409,8 @@ def grow(X: torch.Tensor, stats: torch.Tensor, criterion, *, groups: torch.Tenso
         out["n_samples"].append(count.long())
         out["gain"].append(torch.where(split, best_gain, torch.full_like(best_gain, math.nan)))
         out["ties"].append(torch.where(split, n_ties, 0))
+        out["impurity"].append(criterion.impurity(tot[:, :m]))
+        out["weight"].append(criterion.weight(tot[:, :m]))
 
         new = torch.full((n,), -1, dtype=torch.long, device=dev)
         new[idx] = torch.where(in_split, 2 * rank[nid] + (~goes_left).long(), -1)
@@ -429,6 +493,129 @@ def draw_splits(ax, tree: Tree, bounds, *, root: int = 0, color="k", width: floa
     return segments
 
 
+# ---------------------------------------------------------------------------------- after growing
+
+def tree_of_nodes(tree: Tree) -> torch.Tensor:
+    """Which tree of a forest (or of a stack of boosting rounds) every node belongs to, ``(nodes,)``."""
+    owner = torch.full_like(tree.feature, -1)
+    owner[tree.roots] = torch.arange(len(tree.roots), device=owner.device)
+    inner = (tree.feature >= 0).nonzero().squeeze(1)
+    for _ in range(tree.depth):          # a child's id is larger than its parent's: one level per pass
+        owner[tree.left[inner]] = owner[inner]
+        owner[tree.right[inner]] = owner[inner]
+    return owner
+
+
+def impurity_importance(tree: Tree, n_features: int) -> torch.Tensor:
+    """Mean decrease of impurity per feature, eq. (ens-mdi), normalised to sum 1 within each tree,
+    then averaged over the trees with at least one split and normalised again (scikit-learn's rule).
+
+    The decrease of a split is ``N_t I_t - N_L I_L - N_R I_R`` (weighted sizes and impurities).
+    """
+    if tree.impurity is None or tree.weight is None:
+        raise ValueError("this tree has no impurities stored; grow it with mlbook.trees.grow")
+    inner = (tree.feature >= 0).nonzero().squeeze(1)
+    wi = tree.weight * tree.impurity
+    dec = wi[inner] - wi[tree.left[inner]] - wi[tree.right[inner]]
+    owner = tree_of_nodes(tree)
+    per_tree = torch.zeros(len(tree.roots), n_features, dtype=torch.float64, device=dec.device)
+    per_tree.index_put_((owner[inner], tree.feature[inner]), dec, accumulate=True)
+    total = per_tree.sum(1, keepdim=True)
+    has = total[:, 0] > 0
+    if not has.any():
+        return torch.zeros(n_features, dtype=torch.float64, device=dec.device)
+    mean = (per_tree[has] / total[has]).mean(0)
+    return mean / mean.sum()
+
+
+def _ccp_steps(tree: Tree, stop_alpha: float = math.inf):
+    """Weakest-link pruning of a one-root tree, eq. (ens-ccp-link); a plain loop, for reading.
+
+    ``R(t) = N_t I_t / N_root`` is the cost of node ``t`` as a leaf and ``R(T_t)`` the summed cost of
+    the leaves below it. Each step prunes the inner node with the smallest
+    ``alpha_t = (R(t) - R(T_t)) / (|leaves of T_t| - 1)`` (the lowest node id among equals) while that
+    alpha is at most ``stop_alpha``. Returns the alphas, the total leaf costs after each step (the
+    first entry: alpha 0 and the full tree) and the set of nodes pruned to leaves.
+    """
+    if len(tree.roots) != 1:
+        raise ValueError("cost-complexity pruning takes a single tree, not a forest")
+    feature, left, right = tree.feature.tolist(), tree.left.tolist(), tree.right.tolist()
+    r_node = (tree.weight * tree.impurity / tree.weight[tree.roots[0]]).tolist()
+    nodes = len(feature)
+    parent = [-1] * nodes
+    for i in range(nodes):
+        if feature[i] >= 0:
+            parent[left[i]] = parent[right[i]] = i
+    n_leaves, r_branch = [1] * nodes, list(r_node)
+    for i in reversed(range(nodes)):                             # children have larger ids
+        if feature[i] >= 0:
+            n_leaves[i] = n_leaves[left[i]] + n_leaves[right[i]]
+            r_branch[i] = r_branch[left[i]] + r_branch[right[i]]
+    root = int(tree.roots[0])
+    inner = {i for i in range(nodes) if feature[i] >= 0}
+    alphas, costs, pruned = [0.0], [r_branch[root]], set()
+    while root in inner:
+        best, node = min(((r_node[i] - r_branch[i]) / (n_leaves[i] - 1), i) for i in inner)
+        if best > stop_alpha:
+            break
+        stack = [node]                                           # the branch below node goes
+        while stack:
+            j = stack.pop()
+            if j in inner:
+                inner.discard(j)
+                stack += [left[j], right[j]]
+        pruned.add(node)
+        drop, gain = n_leaves[node] - 1, r_node[node] - r_branch[node]
+        n_leaves[node], r_branch[node] = 1, r_node[node]
+        j = parent[node]
+        while j >= 0:                                            # ancestors lose the pruned leaves
+            n_leaves[j] -= drop
+            r_branch[j] += gain
+            j = parent[j]
+        alphas.append(best)
+        costs.append(r_branch[root])
+    return alphas, costs, pruned
+
+
+def pruning_path(tree: Tree) -> dict[str, torch.Tensor]:
+    """The cost-complexity path of a fully grown tree: ``ccp_alphas`` and ``impurities`` (the total
+    leaf cost of the subtree that is optimal from that alpha on), like scikit-learn's
+    ``cost_complexity_pruning_path``."""
+    alphas, costs, _ = _ccp_steps(tree)
+    dt = torch.float64
+    return {"ccp_alphas": torch.tensor(alphas, dtype=dt), "impurities": torch.tensor(costs, dtype=dt)}
+
+
+def prune(tree: Tree, ccp_alpha: float) -> Tree:
+    """The subtree minimising ``R(T) + alpha |leaves of T|``, eq. (ens-ccp): weakest-link pruning up
+    to ``ccp_alpha``, then the kept nodes renumbered level by level."""
+    _, _, pruned = _ccp_steps(tree, ccp_alpha)
+    if not pruned:
+        return tree
+    feature, left, right = tree.feature.tolist(), tree.left.tolist(), tree.right.tolist()
+    keep, level, depth = [], [int(tree.roots[0])], -1
+    while level:                                                 # breadth first: ids stay level-ordered
+        keep += level
+        depth += 1
+        level = [c for i in level if feature[i] >= 0 and i not in pruned for c in (left[i], right[i])]
+    new_id = {old: k for k, old in enumerate(keep)}
+    idx = torch.tensor(keep, device=tree.feature.device)
+    leaf = torch.tensor([feature[i] < 0 or i in pruned for i in keep], device=idx.device)
+
+    def child(ids):
+        return torch.tensor([-1 if lf else new_id[c] for c, lf in zip(ids, leaf.tolist())],
+                            dtype=torch.long, device=idx.device)
+
+    return Tree(feature=torch.where(leaf, -1, tree.feature[idx]),
+                threshold=torch.where(leaf, math.nan, tree.threshold[idx]),
+                left=child([left[i] for i in keep]), right=child([right[i] for i in keep]),
+                value=tree.value[idx], n_samples=tree.n_samples[idx],
+                gain=torch.where(leaf, math.nan, tree.gain[idx]),
+                ties=torch.where(leaf, 0, tree.ties[idx]),
+                roots=torch.zeros(1, dtype=torch.long, device=idx.device), depth=depth,
+                impurity=tree.impurity[idx], weight=tree.weight[idx])
+
+
 # ---------------------------------------------------------------------------------- estimators
 
 def _as_float32_values(X: torch.Tensor) -> torch.Tensor:
@@ -461,66 +648,161 @@ def _targets(y, n: int, device, *, classification: bool) -> torch.Tensor:
     return y
 
 
-class _TreeParams:
+def _to_numpy(t) -> "np.ndarray":
+    """A tensor's values as a NumPy array on the CPU (for scikit-learn's metrics)."""
+    return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+
+
+class _TensorScoring:
+    """``score`` for estimators whose ``predict`` returns a tensor, possibly on a GPU.
+
+    scikit-learn's mixins compute accuracy (classifiers) and R^2 (regressors) with NumPy; the
+    predictions and ``y`` are moved to the CPU first, so ``cross_val_score`` and ``GridSearchCV``
+    work whatever the device.
+    """
+
+    def score(self, X, y, sample_weight=None) -> float:
+        from sklearn.metrics import accuracy_score, r2_score
+        metric = accuracy_score if is_classifier(self) else r2_score
+        w = None if sample_weight is None else _to_numpy(sample_weight)
+        return float(metric(_to_numpy(y), _to_numpy(self.predict(X)), sample_weight=w))
+
+
+class _TreeParams(_TensorScoring, BaseEstimator):
+    """Parameters shared by the two trees, stored as given (scikit-learn's rule); ``fit`` checks them.
+
+    ``random_state`` seeds the draw of candidate features per node when ``max_features`` is set;
+    ``device`` is where the tree is grown (``None``: :func:`mlbook.device.get_device`).
+    """
+
     def __init__(self, *, max_depth: int | None = None, min_samples_split: int = 2,
                  min_samples_leaf: int = 1, max_features: int | None = None,
-                 splitter: str = "exact", max_bins: int = 255, seed: int = 0, device=None):
-        self.max_depth = None if max_depth is None else _checks.integer(max_depth, "max_depth", minimum=1)
-        self.min_samples_split = _checks.integer(min_samples_split, "min_samples_split", minimum=2)
-        self.min_samples_leaf = _checks.integer(min_samples_leaf, "min_samples_leaf", minimum=1)
-        self.max_features = None if max_features is None else _checks.integer(max_features, "max_features", minimum=1)
-        self.splitter = _checks.choice(splitter, "splitter", ("exact", "hist"))
-        self.max_bins = _checks.integer(max_bins, "max_bins", minimum=2)
-        self.seed = _checks.integer(seed, "seed", minimum=0)
-        self.device = get_device(device)
+                 splitter: str = "exact", max_bins: int = 255, criterion: str = "gini",
+                 ccp_alpha: float = 0.0, random_state: int = 0, device=None):
+        self.max_depth = max_depth
+        self.min_samples_split = min_samples_split
+        self.min_samples_leaf = min_samples_leaf
+        self.max_features = max_features
+        self.splitter = splitter
+        self.max_bins = max_bins
+        self.criterion = criterion
+        self.ccp_alpha = ccp_alpha
+        self.random_state = random_state
+        self.device = device
+
+    _criteria: tuple[str, ...] = ()
+
+    def _validate(self) -> None:
+        if self.max_depth is not None:
+            _checks.integer(self.max_depth, "max_depth", minimum=1)
+        _checks.integer(self.min_samples_split, "min_samples_split", minimum=2)
+        _checks.integer(self.min_samples_leaf, "min_samples_leaf", minimum=1)
+        if self.max_features is not None:
+            _checks.integer(self.max_features, "max_features", minimum=1)
+        _checks.choice(self.splitter, "splitter", ("exact", "hist"))
+        _checks.integer(self.max_bins, "max_bins", minimum=2)
+        _checks.choice(self.criterion, "criterion", self._criteria)
+        _checks.real(self.ccp_alpha, "ccp_alpha", nonnegative=True)
+        _checks.integer(self.random_state, "random_state", minimum=0)
+        self.device_ = get_device(self.device)
 
     def _grow(self, X, stats, criterion, **kw) -> Tree:
-        return grow(X, stats, criterion, max_depth=self.max_depth, min_samples_split=self.min_samples_split,
+        tree = grow(X, stats, criterion, max_depth=self.max_depth,
+                    min_samples_split=self.min_samples_split,
                     min_samples_leaf=self.min_samples_leaf,
                     max_features=None if self.max_features is None else min(self.max_features, X.shape[1]),
                     max_bins=None if self.splitter == "exact" else self.max_bins,
-                    generator=torch.Generator().manual_seed(self.seed), **kw)
+                    generator=torch.Generator().manual_seed(self.random_state), **kw)
+        if self.ccp_alpha > 0:
+            tree = prune(tree, self.ccp_alpha)
+        return tree
+
+    def _X(self, X) -> torch.Tensor:
+        _checks.fitted(self, "tree_")
+        return _as_float32_values(_checks.features(X, n_features=self.n_features_in_, device=self.device_))
+
+    def apply(self, X) -> torch.Tensor:
+        """Leaf index of every row, ``(n,)``."""
+        X = self._X(X)
+        return apply(self.tree_, X)[:, 0]
+
+    @property
+    def feature_importances_(self) -> torch.Tensor:
+        """Impurity-based importance of every feature, normalised to sum 1, eq. (ens-mdi)."""
+        if getattr(self, "tree_", None) is None:       # an AttributeError, so hasattr() is False
+            raise AttributeError("feature_importances_ exists after fit(X, y)")
+        return impurity_importance(self.tree_, self.n_features_in_)
 
 
-class DecisionTreeClassifier(_TreeParams):
-    """CART classification tree with Gini impurity; ``fit``, ``predict``, ``predict_proba``, ``apply``."""
+class DecisionTreeClassifier(ClassifierMixin, _TreeParams):
+    """CART classification tree, Gini impurity (eq. ens-gini-gain) or entropy (eq. ens-entropy-gain).
 
+    ``fit``, ``predict``, ``predict_proba``, ``apply``, ``cost_complexity_pruning_path``;
+    ``ccp_alpha > 0`` prunes the grown tree to the subtree of eq. (ens-ccp) for that alpha.
+    """
+
+    _criteria = ("gini", "entropy")
     tree_ = None
 
+    def _criterion(self, n_classes: int):
+        return Gini(n_classes) if self.criterion == "gini" else Entropy(n_classes)
+
     def fit(self, X, y, sample_weight=None) -> "DecisionTreeClassifier":
-        X = _as_float32_values(_checks.features(X, device=self.device))
+        self._validate()
+        X = _as_float32_values(_checks.features(X, device=self.device_))
         y = _targets(y, len(X), X.device, classification=True)
         self.classes_, y_enc = torch.unique(y, return_inverse=True)
         w = _weights(sample_weight, len(X), X.device)
         self.n_features_in_ = X.shape[1]
-        crit = Gini(len(self.classes_))
+        crit = self._criterion(len(self.classes_))
         self.tree_ = self._grow(X, crit.stats(y_enc, w), crit)
         return self
 
+    def cost_complexity_pruning_path(self, X, y, sample_weight=None) -> dict[str, torch.Tensor]:
+        """Grow the full tree on ``(X, y)`` and return its weakest-link path, eq. (ens-ccp-link):
+        ``{"ccp_alphas": ..., "impurities": ...}``, as scikit-learn's method of the same name."""
+        est = clone(self).set_params(ccp_alpha=0.0).fit(X, y, sample_weight)
+        return pruning_path(est.tree_)
+
     def predict_proba(self, X) -> torch.Tensor:
-        _checks.fitted(self, "tree_")
-        X = _as_float32_values(_checks.features(X, n_features=self.n_features_in_, device=self.device))
-        return self.tree_.value[apply(self.tree_, X)[:, 0]]          # (n, classes)
+        X = self._X(X)                                            # checks fitted first
+        return self.tree_.value[apply(self.tree_, X)[:, 0]]       # (n, classes)
 
     def predict(self, X) -> torch.Tensor:
         proba = self.predict_proba(X)
         return self.classes_[proba.argmax(1)]
 
 
-class DecisionTreeRegressor(_TreeParams):
-    """CART regression tree with squared error; ``fit``, ``predict``, ``apply``."""
+class DecisionTreeRegressor(RegressorMixin, _TreeParams):
+    """CART regression tree with squared error; ``fit``, ``predict``, ``apply``,
+    ``cost_complexity_pruning_path``."""
 
+    _criteria = ("squared_error",)
     tree_ = None
 
+    def __init__(self, *, max_depth: int | None = None, min_samples_split: int = 2,
+                 min_samples_leaf: int = 1, max_features: int | None = None,
+                 splitter: str = "exact", max_bins: int = 255, criterion: str = "squared_error",
+                 ccp_alpha: float = 0.0, random_state: int = 0, device=None):
+        super().__init__(max_depth=max_depth, min_samples_split=min_samples_split,
+                         min_samples_leaf=min_samples_leaf, max_features=max_features,
+                         splitter=splitter, max_bins=max_bins, criterion=criterion,
+                         ccp_alpha=ccp_alpha, random_state=random_state, device=device)
+
     def fit(self, X, y, sample_weight=None) -> "DecisionTreeRegressor":
-        X = _as_float32_values(_checks.features(X, device=self.device))
+        self._validate()
+        X = _as_float32_values(_checks.features(X, device=self.device_))
         y = _targets(y, len(X), X.device, classification=False)
         w = _weights(sample_weight, len(X), X.device)
         self.n_features_in_ = X.shape[1]
         self.tree_ = self._grow(X, SquaredError.stats(y, w), SquaredError())
         return self
 
+    def cost_complexity_pruning_path(self, X, y, sample_weight=None) -> dict[str, torch.Tensor]:
+        """Weakest-link path of the full tree on ``(X, y)``, eq. (ens-ccp-link)."""
+        est = clone(self).set_params(ccp_alpha=0.0).fit(X, y, sample_weight)
+        return pruning_path(est.tree_)
+
     def predict(self, X) -> torch.Tensor:
-        _checks.fitted(self, "tree_")
-        X = _as_float32_values(_checks.features(X, n_features=self.n_features_in_, device=self.device))
+        X = self._X(X)
         return self.tree_.value[apply(self.tree_, X)[:, 0], 0]
