@@ -17,7 +17,7 @@ JOBS ?= 2
 export MLBOOK_PROGRESS ?= 0
 export PYTHONHASHSEED = 0
 
-.PHONY: install book book-quick test unit notebooks browser bench lab sync-notebooks record-notebooks check-notebooks clean ddp
+.PHONY: install book book-quick test unit notebooks browser bench lab sync-notebooks record-notebooks check-notebooks clean ddp gpu-check
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10) and "Python 3.10 or newer is needed")'
@@ -91,3 +91,23 @@ check-notebooks: $(VENV)/.installed
 
 clean:
 	rm -rf _build test-artifacts
+
+# Every notebook's and page's code on CUDA with a plain python3 (torch, numpy, scipy,
+# scikit-learn, matplotlib, tqdm, pytest; no Jupyter, no package registry), numbers compared
+# with the CPU's, plus one scaled-up training run timed on both. The pure-Python packages it
+# lacks come as wheels, downloaded here beforehand (where a registry is reachable) into
+# .ci/wheels; copy the folder with the checkout. For another Python or platform, e.g.
+# GPU_WHEEL_OPTS="--python-version 3.12 --platform manylinux2014_x86_64".
+# Options: GPU_CHECK_ARGS="--device cpu notebooks/x.ipynb --timeout 300".
+GPU_PYTHON ?= python3
+GPU_WHEEL_OPTS ?=
+GPU_CHECK_ARGS ?=
+GPU_PIP_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+.ci/wheels/.downloaded:
+	mkdir -p .ci/wheels
+	$(GPU_PIP_PY) -m pip download -q --no-deps --only-binary=:all: -d .ci/wheels $(GPU_WHEEL_OPTS) \
+	  $$($(GPU_PIP_PY) tests/gpu_check.py --wheel-list)
+	touch $@
+
+gpu-check: .ci/wheels/.downloaded
+	$(GPU_PYTHON) tests/gpu_check.py --wheels .ci/wheels $(GPU_CHECK_ARGS)
