@@ -15,12 +15,12 @@ import torch
 import math
 
 from . import _checks, ode, sde
-from .diffusion import EDM, NoiseProcess, _col
+from .diffusion import DDPM, EDM, NoiseProcess, _col
 from .train import progress
 
 __all__ = ["trajectory", "CountingScore", "probability_flow", "sample_ancestral", "sample_ddim",
            "sample_langevin", "sample_euler_maruyama", "sample_pc", "sample_ode", "sample_heun_edm",
-           "classifier_guided_score", "cfg_score", "SAMPLERS"]
+           "sample_dpm_solver_2", "sample_dpmpp_2m", "half_log_snr", "classifier_guided_score", "cfg_score", "SAMPLERS"]
 
 
 def _setup(score, process, x, ts, *, allow_single: bool = False):
@@ -212,6 +212,87 @@ def sample_heun_edm(score, process, x, ts, *, generator=None, callback=None, sho
             d_next = -s * score(x_next, _t(s, x))
             x_next = x + (s - t_hat) * 0.5 * (d + d_next)
         x = x_next
+        if callback is not None:
+            callback(i, float(s), x)
+    return x
+
+
+def half_log_snr(process: NoiseProcess, t) -> torch.Tensor:
+    """ell_t = log(alpha_t / sigma_t) = -log sigma(t), half the log-SNR lambda_t (page ``diffusion_fast``, eq. dpm-ell).
+
+    It is +inf where sigma_t = 0 (the end of an EDM grid).
+    """
+    return torch.log(process.alpha(t)) - torch.log(process.sigma(t))
+
+
+def _time_at_log_snr(process: NoiseProcess, lam: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """The time r between s and t with ell_r = lam (ell decreases in time), by bisection."""
+    if isinstance(process, EDM):                                  # ell = -log sigma, sigma = t
+        return torch.exp(-lam)
+    hi, lo = t.double(), s.double()
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if bool(half_log_snr(process, mid) > lam):                # mid is too early (too clean)
+            lo = mid
+        else:
+            hi = mid
+    return (0.5 * (lo + hi)).to(t.dtype)
+
+
+@torch.no_grad()
+def sample_dpm_solver_2(score, process, x, ts, *, generator=None, callback=None, show_progress=None):
+    """DPM-Solver-2 (Lu et al. 2022, singlestep, midpoint in log-SNR), eq. (dpm-solver-2).
+
+    Each step from t to s evaluates eps_hat at x_t, takes a DPM-Solver-1 step (eq. dpm-solver-1, which
+    is DDIM) to the time r whose half log-SNR ell_r (:func:`half_log_snr`) is the midpoint of ell_t and
+    ell_s, evaluates eps_hat there and takes the full step with that value: x_s = (alpha_s / alpha_t) x_t
+    - sigma_s (e^h - 1) eps_hat(u, r), h = ell_s - ell_t. A step that ends at sigma = 0 (EDM
+    grids) is a DPM-Solver-1 step, so N steps cost 2N - 1 evaluations there and 2N otherwise.
+    Deterministic; the midpoint times must exist, so discrete DDPM processes are refused.
+    """
+    if isinstance(process, DDPM):
+        raise TypeError("sample_dpm_solver_2 evaluates the score at log-SNR midpoints, which are off a discrete "
+                        "DDPM grid; use a continuous process (VP, VE or EDM)")
+    ts = _setup(score, process, x, ts)
+    for i in _steps(ts, show_progress, "DPM-Solver-2"):
+        t, s = ts[i], ts[i + 1]
+        a_t, sig_t, a_s, sig_s = process.alpha(t), process.sigma(t), process.alpha(s), process.sigma(s)
+        eps = -sig_t * score(x, _t(t, x))                                        # eq. (score-eps)
+        if float(sig_s) > 0:
+            lam_t, lam_s = half_log_snr(process, t), half_log_snr(process, s)
+            r = _time_at_log_snr(process, 0.5 * (lam_t + lam_s), t, s)
+            a_r, sig_r = process.alpha(r), process.sigma(r)
+            u = (a_r / a_t) * (x - sig_t * eps) + sig_r * eps                   # DPM-Solver-1 to r
+            eps = -sig_r * score(u, _t(r, x))
+        x = (a_s / a_t) * (x - sig_t * eps) + sig_s * eps                        # eq. (dpm-solver-1)
+        if callback is not None:
+            callback(i, float(s), x)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(score, process, x, ts, *, generator=None, callback=None, show_progress=None):
+    """DPM-Solver++(2M) (Lu et al. 2022b, multistep, data prediction), eqs. (dpmpp-1) and (dpmpp-2m).
+
+    With x0_hat = (x_t - sigma_t eps_hat) / alpha_t (Tweedie, eq. ddim-x0hat) and h = ell_s - ell_t (:func:`half_log_snr`):
+    x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) D, where D = x0_hat at t on the first step and
+    D = (1 + 1 / (2 q)) x0_hat(t) - 1 / (2 q) x0_hat(t_prev), q = h_prev / h, after it: the slope of
+    x0_hat in ell is taken from the previous step, so each step costs one evaluation. A step that
+    ends at sigma = 0 uses D = x0_hat(t) (first order), as k-diffusion and diffusers do. Deterministic.
+    """
+    ts = _setup(score, process, x, ts)
+    old, h_old = None, None
+    for i in _steps(ts, show_progress, "DPM-Solver++(2M)"):
+        t, s = ts[i], ts[i + 1]
+        a_t, sig_t, a_s, sig_s = process.alpha(t), process.sigma(t), process.alpha(s), process.sigma(s)
+        x0 = (x + sig_t**2 * score(x, _t(t, x))) / a_t                           # eq. (score-tweedie)
+        if float(sig_s) > 0:
+            h = half_log_snr(process, s) - half_log_snr(process, t)
+            d = x0 if old is None else x0 + (x0 - old) * (h / (2 * h_old))
+            x = (sig_s / sig_t) * x - a_s * torch.expm1(-h) * d                  # eq. (dpmpp-2m)
+            old, h_old = x0, h
+        else:
+            x = a_s * x0                                                         # the limit h -> inf
         if callback is not None:
             callback(i, float(s), x)
     return x
