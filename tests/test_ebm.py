@@ -287,3 +287,76 @@ def test_energy_score_of_an_unconditional_energy():
     score = ebm.energy_score(lambda y: (y**2).sum(-1) / 2, None, temperature=2.0)
     y = t64([[1.0, -3.0]])
     torch.testing.assert_close(score(y), -y / 2.0)
+
+
+# ------------------------------------------------------------------ densities on the plane (CD chapter)
+
+class IsoGaussian(torch.nn.Module):
+    """E(x) = |x|^2 / 2: exp(-E) integrates to 2 pi over the plane."""
+
+    def forward(self, x):
+        return 0.5 * (x ** 2).sum(-1)
+
+
+def test_box_grid_shape_and_area():
+    grid, area = ebm.box_grid(2.0, 5)
+    assert grid.shape == (25, 2)
+    assert area == pytest.approx(1.0)
+    assert float(grid.min()) == -2.0 and float(grid.max()) == 2.0
+
+
+def test_quadrature_matches_gaussian_normaliser_and_nll():
+    energy = IsoGaussian()
+    assert float(ebm.quadrature_log_z(energy, 6.0, 201)) == pytest.approx(math.log(2 * math.pi), abs=1e-4)
+    data = torch.tensor([[0.0, 0.0], [1.0, -1.0]])
+    exact = float((0.5 * (data ** 2).sum(1)).mean()) + math.log(2 * math.pi)    # -log N(x; 0, I)
+    assert ebm.quadrature_nll(energy, data, 6.0, 201) == pytest.approx(exact, abs=1e-4)
+    density = ebm.grid_density(energy, 6.0, 101)
+    assert density.shape == (101, 101)
+    assert float(density.sum()) * (12.0 / 100) ** 2 == pytest.approx(1.0)
+
+
+def test_far_mass_counts_gaussian_tail():
+    # mass at distance > r from the single point 0 is exp(-r^2 / 2) for a standard Gaussian
+    mass = ebm.far_mass(IsoGaussian(), torch.zeros(1, 2), 6.0, 1.5, n=301)
+    assert mass == pytest.approx(math.exp(-1.125), abs=5e-3)
+
+
+def test_quadrature_bad_input():
+    with pytest.raises(ValueError, match="inside the box"):
+        ebm.quadrature_nll(IsoGaussian(), torch.tensor([[7.0, 0.0]]), 6.0, 11)
+    with pytest.raises(TypeError, match="callable"):
+        ebm.quadrature_log_z("not an energy", 1.0, 11)
+    with pytest.raises(ValueError):
+        ebm.box_grid(1.0, 1)
+    with pytest.raises(ValueError):
+        ebm.far_mass(IsoGaussian(), torch.zeros(1, 2), 6.0, -1.0)
+
+
+def test_density_energy_shapes():
+    torch.manual_seed(0)
+    energy = ebm.DensityEnergy(2, hidden=8, layers=2)
+    assert energy(torch.zeros(5, 2)).shape == (5,)
+    with pytest.raises(ValueError):
+        energy(torch.zeros(5, 3))
+
+
+@pytest.mark.parametrize("persistent, k", [(False, 1), (False, 3), (True, 2)])
+def test_fit_cd_moves_gaussian_towards_data(persistent, k):
+    # data N(m, 0.5^2 I) far from the start: CD and persistent CD must pull the density's mean there
+    g = gen(0)
+    data = torch.randn(256, 2, generator=g) * 0.5 + torch.tensor([1.5, -1.0])
+    torch.manual_seed(0)
+    energy = ebm.DensityEnergy(2, hidden=16, layers=1)
+    before = ebm.quadrature_nll(energy, data, 5.0, 81)
+    losses = ebm.fit_cd(energy, data, persistent=persistent, k=k, step_size=0.05, steps=150,
+                        lr=1e-2, batch_size=64, box=5.0, generator=g)
+    assert len(losses) == 150
+    assert ebm.quadrature_nll(energy, data, 5.0, 81) < before - 0.5
+
+
+def test_fit_cd_bad_input():
+    with pytest.raises(TypeError, match="Module"):
+        ebm.fit_cd(lambda x: x.sum(-1), torch.zeros(4, 2), steps=1)
+    with pytest.raises(ValueError):
+        ebm.fit_cd(ebm.DensityEnergy(), torch.zeros(4, 2), k=0, steps=1)

@@ -11,6 +11,7 @@ the upper corner of the box of answers searched and sampled.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -22,7 +23,8 @@ from .device import get_device, rand, randn
 
 __all__ = ["EnergyMLP", "check_bounds", "uniform_in", "info_nce_loss", "grid_nll", "ml_surrogate_loss",
            "energy_score", "cd_loss", "dfo_argmin", "langevin_argmin", "ImplicitRegressor",
-           "ExplicitRegressor"]
+           "ExplicitRegressor", "DensityEnergy", "box_grid", "quadrature_log_z", "quadrature_nll",
+           "grid_density", "far_mass", "fit_cd"]
 
 
 class EnergyMLP(nn.Module):
@@ -337,3 +339,120 @@ class ExplicitRegressor(_Regressor):
     @torch.no_grad()
     def predict(self, X) -> torch.Tensor:
         return self._out(self.model_(self._inputs(X)))
+
+
+# ---------------------------------------------------------------------------- densities on the plane
+
+class DensityEnergy(nn.Module):
+    """An unconditional energy E(x) on R^d, eq. (ebm-boltzmann): a smooth (SiLU) MLP, ``(n, d) -> (n,)``."""
+
+    def __init__(self, dim: int = 2, hidden: int = 64, layers: int = 2):
+        super().__init__()
+        self.dim = _checks.integer(dim, "dim", minimum=1)
+        hidden = _checks.integer(hidden, "hidden", minimum=1)
+        layers = _checks.integer(layers, "layers", minimum=1)
+        self.net = nets.mlp(self.dim, *[hidden] * layers, 1, activation=nn.SiLU)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _checks.tensor(x, "x", ndim=2, last_dim=self.dim, floating=True)
+        return self.net(x).squeeze(-1)                                             # (n,)
+
+
+def box_grid(box: float, n: int, *, device=None, dtype: torch.dtype = torch.float32
+             ) -> tuple[torch.Tensor, float]:
+    """The n x n grid of [-box, box]^2 as ``(n * n, 2)`` points (first coordinate fastest), and the
+    area of one cell, (2 box / (n - 1))^2: the weights of the quadrature of :func:`quadrature_log_z`."""
+    box = _checks.real(box, "box", positive=True)
+    n = _checks.integer(n, "n", minimum=2)
+    t = torch.linspace(-box, box, n, device=get_device(device), dtype=dtype)
+    gy, gx = torch.meshgrid(t, t, indexing="ij")
+    return torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1), (2 * box / (n - 1)) ** 2
+
+
+def _check_energy(energy) -> None:
+    if not callable(energy):
+        raise TypeError("energy must be callable as energy(x) on points x of shape (n, 2)")
+
+
+@torch.no_grad()
+def quadrature_log_z(energy: Callable, box: float, n: int = 200, *, device=None) -> torch.Tensor:
+    """log Z = log of the integral of exp(-E) over [-box, box]^2 by the Riemann sum on an n x n grid.
+
+    The normaliser of eq. (ebm-boltzmann), in two dimensions, where quadrature is cheap; mass outside
+    the box is ignored, so the box must cover the data with room to spare.
+    """
+    _check_energy(energy)
+    grid, area = box_grid(box, n, device=device)
+    return torch.logsumexp(-energy(grid), dim=0) + math.log(area)
+
+
+@torch.no_grad()
+def quadrature_nll(energy: Callable, data: torch.Tensor, box: float, n: int = 200) -> float:
+    """The exact mean negative log-likelihood of eq. (ebm-nll), mean E(x_i) + log Z, with log Z by
+    :func:`quadrature_log_z` on an n x n grid of [-box, box]^2 (the density restricted to the box)."""
+    _check_energy(energy)
+    _checks.tensor(data, "data", ndim=2, last_dim=2, floating=True, min_rows=1)
+    box = _checks.real(box, "box", positive=True)
+    if bool((data.abs() > box).any()):
+        raise ValueError(f"data must lie inside the box [-{box}, {box}]^2; widen the box")
+    return float(energy(data).mean() + quadrature_log_z(energy, box, n, device=data.device))
+
+
+@torch.no_grad()
+def grid_density(energy: Callable, box: float, n: int = 200, *, device=None) -> torch.Tensor:
+    """The density exp(-E) / Z on the n x n grid of :func:`box_grid`, shape ``(n, n)`` (row = second
+    coordinate), normalised so that its sum times the cell area is 1."""
+    _check_energy(energy)
+    grid, area = box_grid(box, n, device=device)
+    return (torch.softmax(-energy(grid), dim=0) / area).reshape(n, n)
+
+
+@torch.no_grad()
+def far_mass(energy: Callable, data: torch.Tensor, box: float, radius: float, n: int = 200) -> float:
+    """Probability that the model puts at distance > ``radius`` from every data point (in the box):
+    the mass of spurious modes that no chain started at the data visits."""
+    _check_energy(energy)
+    _checks.tensor(data, "data", ndim=2, last_dim=2, floating=True, min_rows=1)
+    radius = _checks.real(radius, "radius", positive=True)
+    grid, _ = box_grid(box, n, device=data.device, dtype=data.dtype)
+    far = torch.cdist(grid, data).min(dim=1).values > radius                       # (n * n,)
+    return float(torch.softmax(-energy(grid), dim=0)[far].sum())
+
+
+def fit_cd(energy: nn.Module, data: torch.Tensor, *, persistent: bool = False, k: int = 1,
+           step_size: float = 0.01, steps: int = 500, lr: float = 1e-3, batch_size: int = 128,
+           box: float = 6.0, generator: torch.Generator | None = None, device=None,
+           callback: Callable[[int, nn.Module], None] | None = None) -> list[float]:
+    """Fit an unconditional energy by contrastive divergence, eq. (ebm-cd), or persistent CD.
+
+    Every gradient step runs ``k`` unadjusted Langevin steps (:func:`mlbook.sde.langevin`, step
+    ``step_size``) and descends the surrogate of eq. (ebm-surrogate) with these negatives. CD-k starts
+    the chains at the batch of data; persistent CD (``persistent=True``) keeps ``batch_size`` chains,
+    started uniform in [-box, box]^2, and continues them from one gradient step to the next. Trains
+    with :func:`mlbook.train.train` (Adam); returns the surrogate's values (meaningless but for trends).
+    """
+    if not isinstance(energy, nn.Module):
+        raise TypeError(f"energy must be a torch.nn.Module, got {type(energy).__name__}")
+    _checks.tensor(data, "data", ndim=2, floating=True, min_rows=1)
+    k = _checks.integer(k, "k", minimum=1)
+    step_size = _checks.real(step_size, "step_size", positive=True)
+    box = _checks.real(box, "box", positive=True)
+    batch_size = _checks.integer(batch_size, "batch_size", minimum=1)
+    dev = get_device(device)
+    lo = torch.full((data.shape[1],), -box)
+    chains = uniform_in(torch.stack([lo, -lo]), batch_size, generator=generator, device=dev)
+
+    def loss_fn(model, batch):
+        nonlocal chains
+        (xb,) = batch if isinstance(batch, (tuple, list)) else (batch,)
+        start = chains[: len(xb)] if persistent else xb
+        neg = sde.langevin(energy_score(model, None), start.detach(), step_size, k, generator=generator)
+        if not bool(torch.isfinite(neg).all()):
+            raise FloatingPointError("Langevin chains diverged: lower step_size or lr")
+        if persistent:
+            chains = torch.cat([neg.detach(), chains[len(xb):]])
+        return model(xb).mean() - model(neg.detach()).mean()
+
+    return _train.train(energy, loss_fn, data.to(dev), steps=steps, lr=lr, batch_size=batch_size,
+                        generator=generator, device=dev, desc="CD", show_progress=False,
+                        callback=callback)
