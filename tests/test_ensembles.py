@@ -140,11 +140,33 @@ def test_estimators_check_their_input(make):
     with pytest.raises(ValueError, match="features"):
         est.predict(X[:, :1])
     bad = X.copy()
-    bad[0, 0] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
+    bad[0, 0] = np.inf if getattr(est, "_missing", False) else np.nan   # Newton boosting takes NaN
+    with pytest.raises(ValueError, match="NaN or infinite"):
         est.predict(bad)
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match="NaN or infinite"):
         make().fit(bad, y)
+
+
+@pytest.mark.parametrize("make", [lambda: E.RandomForestClassifier(3), lambda: E.AdaBoostClassifier(3),
+                                  lambda: E.GradientBoostingClassifier(3)])
+def test_estimators_without_a_missing_value_rule_reject_nan(make):
+    X, y = _blobs(40)
+    X[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        make().fit(X, y)
+
+
+@pytest.mark.parametrize("splitter", ["exact", "hist"])
+def test_newton_boosting_learns_where_informative_missing_values_go(splitter):
+    # feature 0 is missing exactly for class 1 (and never for class 0): the learned default direction
+    # must send the missing rows to the class-1 side, so they are all predicted 1, as are new ones
+    X, y = _blobs(200)
+    X = X.copy()
+    X[y == 1, 0] = np.nan
+    nb = E.NewtonBoostingClassifier(5, max_depth=1, learning_rate=0.5, splitter=splitter).fit(X, y)
+    assert nb.ensemble_.missing_left is not None
+    assert nb.predict(X[y == 1]).tolist() == [1] * int((y == 1).sum())
+    assert nb.score(X, y) == 1.0
 
 
 def test_binary_losses_reject_three_classes_and_bad_parameters():

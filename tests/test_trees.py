@@ -316,3 +316,58 @@ def test_weighted_quantile_bins_put_equal_weight_in_every_bin():
     assert plain == [25.0, 50.0, 75.0, 100.0]
     # weight at or below each edge reaches 65, 130, 195, 260: edges 65, 86, 93, 100
     assert weighted == [65.0, 86.0, 93.0, 100.0]
+
+
+# ------------------------------------------------------------------ missing values (NaN), Newton only
+
+def _newton_tree(X, y, **kw):
+    """One second-order tree for squared loss from F = 0 (g = -y, k = 1), lam = 0."""
+    X, y = torch.tensor(X, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
+    return trees.grow(X, trees.Newton.stats(-y, torch.ones_like(y)), trees.Newton(0.0), **kw)
+
+
+@pytest.mark.parametrize("max_bins", [None, 8])
+@pytest.mark.parametrize("y_missing, left", [(1.0, False), (0.0, True)])
+def test_missing_rows_learn_the_side_they_belong_to(max_bins, y_missing, left):
+    # present x = 0 1 2 3 with y = 0 0 1 1; two missing rows whose y is 1 (they belong right) or 0
+    X = [[0.0], [1.0], [2.0], [3.0], [math.nan], [math.nan]]
+    y = [0.0, 0.0, 1.0, 1.0, y_missing, y_missing]
+    t = _newton_tree(X, y, max_depth=1, max_bins=max_bins)
+    assert t.feature.tolist() == [0, -1, -1] and t.missing_left.tolist() == [left, False, False]
+    assert t.threshold[0].item() == (1.5 if max_bins is None else 1.0)
+    # eq. ens-xgb-missing with G = -sum y, K = rows, cut at 1.5: the right side for y_missing = 1
+    # gives (1/2)(0 + 4^2/4 - 4^2/6) = 2/3 (the left side only 1/6); for y_missing = 0 the left
+    # side gives (1/2)(0 + 2^2/2 - 2^2/6) = 2/3 (the right side (1/2)(0 + 4/4 - 4/6) = 1/6)
+    want = 0.5 * (16 / 4 - 16 / 6) if y_missing else 0.5 * (0 + 4 / 2 - 4 / 6)
+    assert t.gain[0].item() == pytest.approx(want)
+    leaf = trees.apply(t, torch.tensor([[math.nan], [0.5], [2.5]], dtype=torch.float64))[:, 0]
+    assert leaf.tolist() == ([1] if left else [2]) + [1, 2]
+
+
+@pytest.mark.parametrize("max_bins", [None, 16])
+def test_without_missing_values_the_tree_is_unchanged(max_bins):
+    # a column that is missing everywhere offers no cut: the tree on the other columns must be the
+    # tree grown without it, field by field, with every default direction "right"
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(300, 4, generator=g, dtype=torch.float64)
+    y = (X[:, 0] + X[:, 1] ** 2 + 0.3 * torch.randn(300, generator=g, dtype=torch.float64) > 1).double()
+    p = torch.full_like(y, 0.4)
+    stats, crit = trees.Newton.stats(p - y, p * (1 - p)), trees.Newton(1.0)
+    plain = trees.grow(X, stats, crit, max_depth=4, max_bins=max_bins)
+    assert plain.missing_left is None
+    padded = trees.grow(torch.cat([X, torch.full((300, 1), math.nan, dtype=torch.float64)], 1),
+                        stats, crit, max_depth=4, max_bins=max_bins)
+    for f in ("feature", "left", "right", "value", "n_samples", "ties"):
+        assert torch.equal(getattr(plain, f), getattr(padded, f)), f
+    for f in ("threshold", "gain"):
+        assert torch.equal(getattr(plain, f).nan_to_num(-1.0), getattr(padded, f).nan_to_num(-1.0)), f
+    assert not padded.missing_left.any()
+
+
+def test_missing_values_raise_where_no_direction_is_learned():
+    X = torch.tensor([[0.0], [math.nan], [1.0]], dtype=torch.float64)
+    y, w = torch.tensor([0, 1, 1]), torch.ones(3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="missing values"):
+        trees.grow(X, trees.Gini(2).stats(y, w), trees.Gini(2))
+    with pytest.raises(ValueError, match="missing values"):
+        trees.grow(X, trees.SquaredError.stats(y.double(), w), trees.SquaredError())

@@ -18,7 +18,7 @@ from . import _checks
 from .device import get_device
 from .exercises import Case, Verdict, check
 from .trees import (Gini, Newton, SquaredError, Tree, _as_float32_values, _targets, _TensorScoring, _to_numpy,
-                    _weights, apply, grow, impurity_importance, tree_of_nodes)
+                    _codes, _weights, apply, bin_edges, grow, impurity_importance, tree_of_nodes)
 
 __all__ = ["stack", "tree_of_nodes", "tree_correlation", "averaged_variance", "forest_variance",
            "adaboost_bound", "newton_gain", "StackingClassifier", "check_gini_gain", "RandomForestClassifier", "RandomForestRegressor",
@@ -47,7 +47,10 @@ def stack(trees: list[Tree]) -> Tree:
                 roots=torch.cat([t.roots + o for t, o in zip(trees, offsets)]),
                 depth=max(t.depth for t in trees),
                 impurity=None if any(t.impurity is None for t in trees) else torch.cat([t.impurity for t in trees]),
-                weight=None if any(t.weight is None for t in trees) else torch.cat([t.weight for t in trees]))
+                weight=None if any(t.weight is None for t in trees) else torch.cat([t.weight for t in trees]),
+                missing_left=None if all(t.missing_left is None for t in trees) else torch.cat(
+                    [torch.zeros_like(t.feature, dtype=torch.bool) if t.missing_left is None
+                     else t.missing_left for t in trees]))
 
 
 def _n_features(max_features, d: int) -> int | None:
@@ -70,9 +73,26 @@ def _fraction(value, name: str) -> float:
     return value
 
 
+def _features(est, X, n_features: int | None = None) -> torch.Tensor:
+    """``X`` checked by :func:`mlbook._checks.features`, rounded to float32 values; NaN (a missing
+    value) passes only for estimators with ``_missing = True`` (second-order boosting)."""
+    if getattr(est, "_missing", False):
+        try:
+            X = torch.as_tensor(X, dtype=torch.float64) if not isinstance(X, torch.Tensor) else X
+        except (TypeError, ValueError, RuntimeError):
+            return _as_float32_values(_checks.features(X, device=est.device_))   # raises its error
+        nan = torch.isnan(X.to(torch.float64))
+        X = _checks.features(torch.where(nan, 0.0, X.to(torch.float64)), n_features=n_features,
+                             device=est.device_)
+        X = torch.where(nan.to(X.device), math.nan, X)
+    else:
+        X = _checks.features(X, n_features=n_features, device=est.device_)
+    return _as_float32_values(X)
+
+
 def _check_X(est, X, attribute: str) -> torch.Tensor:
     _checks.fitted(est, attribute)
-    return _as_float32_values(_checks.features(X, n_features=est.n_features_in_, device=est.device_))
+    return _features(est, X, est.n_features_in_)
 
 
 # ------------------------------------------------------------------------ bagging, random forests
@@ -132,10 +152,11 @@ class _Forest(_TensorScoring, BaseEstimator):
         groups = torch.arange(T, device=X.device).repeat_interleave(n)
         flat = rows.reshape(-1)
         self.n_features_in_ = X.shape[1]
-        self.forest_ = grow(X[flat], stats[flat], criterion, groups=groups, n_groups=T,
+        exact = self.splitter == "exact"                  # exact: bins found once on the distinct rows
+        self.forest_ = grow(X if exact else X[flat], stats[flat], criterion, groups=groups, n_groups=T,
                             max_depth=self.max_depth, min_samples_leaf=self.min_samples_leaf,
-                            max_features=self.max_features_,
-                            max_bins=None if self.splitter == "exact" else self.max_bins, generator=gen)
+                            max_features=self.max_features_, max_bins=None if exact else self.max_bins,
+                            generator=gen, sample_rows=flat if exact else None)
 
     def _check_X(self, X):
         return _check_X(self, X, "forest_")
@@ -359,6 +380,7 @@ class _Boosting(_TensorScoring, BaseEstimator):
     """
 
     ensemble_ = None
+    _binned = None            # (edges, codes) of X while fitting, when every round uses all rows
 
     def __init__(self, n_estimators: int = 100, *, learning_rate: float = 0.1, max_depth: int = 3,
                  min_samples_leaf: int = 1, subsample: float = 1.0, splitter: str = "exact",
@@ -383,14 +405,15 @@ class _Boosting(_TensorScoring, BaseEstimator):
         _checks.integer(self.max_bins, "max_bins", minimum=2)
         _checks.integer(self.random_state, "random_state", minimum=0)
 
-    def _grow(self, X, stats, criterion) -> Tree:
+    def _grow(self, X, stats, criterion, bin_weights=None) -> Tree:
         return grow(X, stats, criterion, max_depth=self.max_depth, min_samples_leaf=self.min_samples_leaf,
-                    max_bins=None if self.splitter == "exact" else self.max_bins)
+                    max_bins=None if self.splitter == "exact" else self.max_bins,
+                    bin_weights=bin_weights, binned=None if bin_weights is not None else self._binned)
 
     def _prepare(self, X, y, classification: bool, binary: bool = True):
         self._validate()
         self.device_ = get_device(self.device)
-        X = _as_float32_values(_checks.features(X, device=self.device_))
+        X = _features(self, X)
         y = _targets(y, len(X), X.device, classification=classification)
         self.n_features_in_ = X.shape[1]
         if classification:
@@ -415,12 +438,17 @@ class _Boosting(_TensorScoring, BaseEstimator):
         ``F`` ``(n, K)`` on the rows ``rows``, leaf values final. Trees are stacked round by round."""
         F = init.expand(len(X), -1).clone()
         gen = torch.Generator().manual_seed(self.random_state)
+        self._binned = None                           # every round on all rows: bin X once
+        if self.subsample >= 1:
+            edges = bin_edges(X, None if self.splitter == "exact" else self.max_bins)
+            self._binned = edges, _codes(X, edges)
         trees = []
         for _ in range(self.n_estimators):
             new = step(F, self._rows(len(X), gen, X.device))
             for k, tree in enumerate(new):              # shrinkage, eq. (ens-gb-update)
                 F[:, k] += self.learning_rate * tree.value[apply(tree, X)[:, 0], 0]
             trees += new
+        self._binned = None
         self.init_ = init
         self.n_outputs_ = F.shape[1]
         self.ensemble_ = stack(trees)
@@ -538,7 +566,12 @@ class _NewtonBoosting(_Boosting):
     With ``splitter="hist"``, ``sketch="uniform"`` cuts every feature once, at plain quantiles;
     ``sketch="hessian"`` cuts it anew for every tree at quantiles weighted by the current Hessians
     ``k_i``, eq. (ens-xgb-sketch), XGBoost's weighted quantile sketch (computed exactly).
+
+    ``X`` may hold missing values (NaN), in ``fit`` and ``predict``: every split learns a default
+    direction for them, eq. (ens-xgb-missing) (see :func:`mlbook.trees.grow`).
     """
+
+    _missing = True
 
     def __init__(self, n_estimators: int = 100, *, learning_rate: float = 0.1, max_depth: int = 3,
                  min_samples_leaf: int = 1, subsample: float = 1.0, splitter: str = "exact",
@@ -561,10 +594,8 @@ class _NewtonBoosting(_Boosting):
 
         def step(F, rows):
             g, h = self._gradients(y[rows], F[rows, 0])                       # eq. (ens-xgb-taylor)
-            return [grow(X[rows], Newton.stats(g, h), self.criterion_, max_depth=self.max_depth,
-                         min_samples_leaf=self.min_samples_leaf,
-                         max_bins=None if self.splitter == "exact" else self.max_bins,
-                         bin_weights=h if weighted else None)]
+            return [self._grow(X[rows], Newton.stats(g, h), self.criterion_,
+                               bin_weights=h if weighted else None)]
 
         self._boost(X, torch.tensor([init], dtype=torch.float64, device=X.device), step)
 

@@ -11,6 +11,12 @@ one tree or of a whole forest at once, are split together:
    and a cumulative sum over bins gives every candidate left child;
 3. the gain of every candidate is evaluated at once and the best per node is an ``argmax``.
 
+Two shortcuts give the same trees faster: a forest's bins are found once on the distinct rows, not
+on the stacked bootstrap copies (``sample_rows``), and boosting on all rows bins ``X`` once per fit
+(``binned``).
+Missing values (NaN) are accepted by the second-order criterion only, which learns a default
+direction for them at every split (:func:`grow`).
+
 Ties are broken like scikit-learn's ``BestSplitter`` where that is possible: the smallest threshold
 of a feature wins, and the exact splitter puts the threshold half-way between the largest value that
 goes left and the smallest value that goes right *within the node* (``a/2 + b/2`` in float64 on
@@ -200,6 +206,7 @@ class Tree:
     depth: int                # deepest level grown
     impurity: torch.Tensor | None = None   # (nodes,) float64 impurity I of the node's rows
     weight: torch.Tensor | None = None     # (nodes,) float64 weighted size N of the node
+    missing_left: torch.Tensor | None = None   # (nodes,) bool default direction of NaN; None: right
 
     @property
     def n_leaves(self) -> int:
@@ -214,23 +221,28 @@ def bin_edges(X: torch.Tensor, max_bins: int | None = None,
     otherwise at most ``max_bins`` edges at quantiles of the feature (the histogram splitter).
     With ``weights`` (non-negative, one per row) the quantiles are *weighted*: each bin holds about
     ``1 / max_bins`` of the total weight, eq. (ens-xgb-sketch); second-order boosting passes the
-    Hessians ``k_i``, XGBoost's weighted quantile sketch computed exactly.
+    Hessians ``k_i``, XGBoost's weighted quantile sketch computed exactly. Missing values (NaN)
+    are left out: the edges come from the values present.
     """
     cols = []
     for j in range(X.shape[1]):
-        u = torch.unique(X[:, j])                                    # sorted distinct values
+        x, wj = X[:, j], weights
+        if torch.isnan(x).any():
+            present = ~torch.isnan(x)
+            x, wj = x[present], None if weights is None else weights[present]
+        u = torch.unique(x)                                          # sorted distinct values
         if max_bins is not None and len(u) > max_bins:
-            if weights is None:
+            if wj is None:
                 q = torch.linspace(0, 1, max_bins + 1, dtype=X.dtype, device=X.device)[1:]
-                u = torch.unique(torch.quantile(X[:, j], q, interpolation="lower"))
+                u = torch.unique(torch.quantile(x, q, interpolation="lower"))
             else:
-                order = torch.argsort(X[:, j], stable=True)
-                rank = torch.cumsum(weights[order], 0)               # weight at or below each value
+                order = torch.argsort(x, stable=True)
+                rank = torch.cumsum(wj[order], 0)                    # weight at or below each value
                 q = torch.arange(1, max_bins + 1, dtype=X.dtype, device=X.device) / max_bins
                 at = torch.searchsorted(rank, q * rank[-1]).clamp_max(len(order) - 1)
-                u = torch.unique(X[order[at], j])
+                u = torch.unique(x[order[at]])
         cols.append(u)
-    width = max(len(u) for u in cols)
+    width = max(1, max(len(u) for u in cols))
     edges = torch.full((X.shape[1], width), math.inf, dtype=X.dtype, device=X.device)
     for j, u in enumerate(cols):
         edges[j, :len(u)] = u
@@ -238,15 +250,25 @@ def bin_edges(X: torch.Tensor, max_bins: int | None = None,
 
 
 def _codes(X: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    """Bin index of every entry, ``(n, d)``: the number of edges below the value."""
-    return torch.searchsorted(edges, X.T.contiguous(), right=False).T.contiguous()
+    """Bin index of every entry, ``(n, d)``: the number of edges below the value; a missing value
+    (NaN) gets the code ``B = edges.shape[1]``, one past the last bin."""
+    missing = torch.isnan(X)
+    if not missing.any():
+        return torch.searchsorted(edges, X.T.contiguous(), right=False).T.contiguous()
+    codes = torch.searchsorted(edges, torch.nan_to_num(X, nan=0.0).T.contiguous(), right=False).T
+    return torch.where(missing, edges.shape[1], codes).contiguous()
 
 
-def _search_sorted(codes, B, s1, criterion, idx, nid, tot, can, allowed, min_leaf):
+def _search_sorted(codes, B, s1, criterion, idx, nid, tot, can, allowed, min_leaf, miss=None):
     """Exact split search: sort each feature's rows by (node, value); a cumulative sum gives every left child.
 
     Cost per level is that of sorting the active rows, whatever the number of distinct values.
-    Returns per node: best gain, feature, bin (last code going left), number of tied features.
+    Returns per node: best gain, feature, bin (last code going left), number of tied features, and
+    the default direction of missing values (``None`` when ``miss`` is ``None``).
+
+    ``miss`` ``(F, d, m+1)``: the summed statistics of the rows of each node whose feature is missing
+    (code ``B``, sorted after every value). Each cut is then scored twice, with those rows sent right
+    and sent left, eq. (ens-xgb-missing); the better direction is kept (right when equal).
     """
     F, d, m1 = len(tot), codes.shape[1], s1.shape[1]
     dev = s1.device
@@ -256,14 +278,16 @@ def _search_sorted(codes, B, s1, criterion, idx, nid, tot, can, allowed, min_lea
     keep = can[nid]
     rows, node = idx[keep], nid[keep]
     if len(rows) == 0:
-        return best_gain, best_key, best_key.clone(), torch.zeros(F, dtype=torch.long, device=dev)
+        return (best_gain, best_key, best_key.clone(), torch.zeros(F, dtype=torch.long, device=dev),
+                None if miss is None else torch.zeros(F, dtype=torch.bool, device=dev))
+    nb = B if miss is None else B + 1                                # codes per node in the sort key
     tot_c = tot * can[:, None].to(tot.dtype)
     before = tot_c.cumsum(0) - tot_c                                 # stats of all earlier nodes, (F, m+1)
     step = max(1, _MAX_CELLS // (len(rows) * m1))
     for j0 in range(0, d, step):
         J = torch.arange(j0, min(d, j0 + step), device=dev)
         c = codes[rows][:, J]                                        # (s, dj)
-        order = torch.sort(node[:, None] * B + c, dim=0, stable=True).indices
+        order = torch.sort(node[:, None] * nb + c, dim=0, stable=True).indices
         snode, scode = node[order], c.gather(0, order)               # (s, dj), node-major then value
         L = s1[rows][order].cumsum(0) - before[snode]                # (s, dj, m+1) left child at each cut
         P = tot[snode]
@@ -275,10 +299,21 @@ def _search_sorted(codes, B, s1, criterion, idx, nid, tot, can, allowed, min_lea
             ok &= allowed[snode, J]
         g = criterion.gain(L[..., :-1], R[..., :-1], P[..., :-1])
         g = torch.where(ok, g, torch.full_like(g, -math.inf))
+        if miss is not None:                                         # the missing rows sent left
+            Lm = L + miss[snode, J]
+            Rm = P - Lm
+            ok_m = cut & (Lm[..., -1] >= min_leaf) & (Rm[..., -1] >= min_leaf)
+            if allowed is not None:
+                ok_m &= allowed[snode, J]
+            g_m = criterion.gain(Lm[..., :-1], Rm[..., :-1], P[..., :-1])
+            g_m = torch.where(ok_m, g_m, torch.full_like(g_m, -math.inf))
+            to_left = g_m > g
+            g, ok = torch.maximum(g, g_m), ok | ok_m
         chunk_best = torch.full((F,), -math.inf, dtype=g.dtype, device=dev).scatter_reduce(
             0, snode.reshape(-1), g.reshape(-1), "amax")
         hit = ok & (g == chunk_best[snode]) & torch.isfinite(g)
-        key = torch.where(hit, J * B + scode, torch.iinfo(torch.long).max)
+        key = J * B + scode if miss is None else 2 * (J * B + scode) + to_left.long()
+        key = torch.where(hit, key, torch.iinfo(torch.long).max)
         chunk_key = torch.full((F,), torch.iinfo(torch.long).max, dtype=torch.long, device=dev).scatter_reduce(
             0, snode.reshape(-1), key.reshape(-1), "amin")
         cell = snode * d + J                                         # (node, feature) of every candidate
@@ -286,19 +321,29 @@ def _search_sorted(codes, B, s1, criterion, idx, nid, tot, can, allowed, min_lea
         better = chunk_best > best_gain                              # a later block wins only if strictly
         best_key = torch.where(better, chunk_key, best_key)          # better: the lowest feature among equals
         best_gain = torch.maximum(best_gain, chunk_best)
-    return best_gain, best_key // B, best_key % B, _count_ties(feat_best, best_gain, criterion, tot)
+    ties = _count_ties(feat_best, best_gain, criterion, tot)
+    if miss is None:
+        return best_gain, best_key // B, best_key % B, ties, None
+    return best_gain, best_key // 2 // B, best_key // 2 % B, ties, best_key % 2 == 1
 
 
-def _search_hist(codes, B, s1, criterion, idx, nid, tot, can, allowed, min_leaf):
-    """Histogram split search: sum the rows' statistics into (node, feature, bin) cells, cumsum over bins."""
+def _search_hist(codes, B, s1, criterion, idx, nid, tot, can, allowed, min_leaf, miss=None):
+    """Histogram split search: sum the rows' statistics into (node, feature, bin) cells, cumsum over bins.
+
+    With ``miss`` (not ``None``: some value is missing) the histogram gets one more bin, the missing
+    rows' (code ``B``), and every cut is scored with them sent right and left, eq. (ens-xgb-missing).
+    Returns as :func:`_search_sorted`.
+    """
     F, d, m1 = len(tot), codes.shape[1], s1.shape[1]
     dev = s1.device
     best_gain = torch.full((F,), -math.inf, dtype=s1.dtype, device=dev)
     best_feat = torch.zeros(F, dtype=torch.long, device=dev)
     best_bin = torch.zeros(F, dtype=torch.long, device=dev)
     feat_best = torch.full((F, d), -math.inf, dtype=s1.dtype, device=dev)   # best gain per feature
+    to_left = None if miss is None else torch.zeros(F, dtype=torch.bool, device=dev)
+    nb = B if miss is None else B + 1
     cand = can.nonzero().squeeze(1)
-    chunk = max(1, _MAX_CELLS // (d * B * m1))
+    chunk = max(1, _MAX_CELLS // (d * nb * m1))
     for start in range(0, len(cand), chunk):
         nodes = cand[start:start + chunk]
         C = len(nodes)
@@ -307,10 +352,13 @@ def _search_hist(codes, B, s1, criterion, idx, nid, tot, can, allowed, min_leaf)
         loc = local[nid]
         keep = loc >= 0
         rows, loc = idx[keep], loc[keep]
-        key = ((loc[:, None] * d + torch.arange(d, device=dev)) * B + codes[rows]).reshape(-1)
-        hist = torch.zeros(C * d * B, m1, dtype=s1.dtype, device=dev)
-        hist.index_add_(0, key, s1[rows].repeat_interleave(d, 0))
-        L = hist.view(C, d, B, m1).cumsum(2)                         # left child after each bin
+        key = loc[:, None] * nb + codes.index_select(0, rows)       # (s, d) cell of each row's value
+        src = s1.index_select(0, rows)
+        hist = torch.zeros(d, C * nb, m1, dtype=s1.dtype, device=dev)
+        for j in range(d):                  # one index_add per feature: no copy of the rows per feature
+            hist[j].index_add_(0, key[:, j], src)
+        hist = hist.view(d, C, nb, m1).transpose(0, 1)               # (C, d, bins, m+1)
+        L = hist[:, :, :B].cumsum(2)                                 # left child after each bin
         P = tot[nodes][:, None, None, :]
         R = P - L
         g = criterion.gain(L[..., :-1], R[..., :-1], P[..., :-1])   # (C, d, B)
@@ -318,10 +366,24 @@ def _search_hist(codes, B, s1, criterion, idx, nid, tot, can, allowed, min_leaf)
         if allowed is not None:
             ok &= allowed[nodes][:, :, None]
         g = torch.where(ok, g, torch.full_like(g, -math.inf))
-        val, arg = g.reshape(C, d * B).max(1)                        # first maximum: lowest feature, bin
+        if miss is not None:                                         # the missing rows sent left
+            Lm = L + hist[:, :, B:]
+            Rm = P - Lm
+            ok_m = (Lm[..., -1] >= min_leaf) & (Rm[..., -1] >= min_leaf)
+            if allowed is not None:
+                ok_m &= allowed[nodes][:, :, None]
+            g_m = criterion.gain(Lm[..., :-1], Rm[..., :-1], P[..., :-1])
+            g_m = torch.where(ok_m, g_m, torch.full_like(g_m, -math.inf))
+            both = torch.stack([g, g_m], 3)                          # (C, d, B, 2): right, then left
+            val, arg = both.reshape(C, d * B * 2).max(1)
+            to_left[nodes] = arg % 2 == 1
+            arg = arg // 2
+            g = both.max(3).values
+        else:
+            val, arg = g.reshape(C, d * B).max(1)                    # first maximum: lowest feature, bin
         best_gain[nodes], best_feat[nodes], best_bin[nodes] = val, arg // B, arg % B
         feat_best[nodes] = g.max(2).values
-    return best_gain, best_feat, best_bin, _count_ties(feat_best, best_gain, criterion, tot)
+    return best_gain, best_feat, best_bin, _count_ties(feat_best, best_gain, criterion, tot), to_left
 
 
 def _count_ties(feat_best, best_gain, criterion, tot):
@@ -342,7 +404,9 @@ def _count_ties(feat_best, best_gain, criterion, tot):
 def grow(X: torch.Tensor, stats: torch.Tensor, criterion, *, groups: torch.Tensor | None = None,
          n_groups: int = 1, max_depth: int | None = None, min_samples_split: int = 2,
          min_samples_leaf: int = 1, max_features: int | None = None, max_bins: int | None = None,
-         bin_weights: torch.Tensor | None = None, generator: torch.Generator | None = None) -> Tree:
+         bin_weights: torch.Tensor | None = None, generator: torch.Generator | None = None,
+         sample_rows: torch.Tensor | None = None,
+         binned: tuple[torch.Tensor, torch.Tensor] | None = None) -> Tree:
     """Grow ``n_groups`` trees at once; sample ``i`` trains tree ``groups[i]``. Greedy CART, eq. (ens-cart-split).
 
     Args:
@@ -350,24 +414,49 @@ def grow(X: torch.Tensor, stats: torch.Tensor, criterion, *, groups: torch.Tenso
         max_features: features drawn (without replacement) per node, ``None`` for all.
         max_bins: ``None`` for the exact splitter, else the histogram splitter's bin count.
         bin_weights: ``(n,)`` row weights for weighted-quantile bins (histogram splitter only).
+        sample_rows: exact splitter only: sample ``i`` is row ``sample_rows[i]`` of ``X`` (a forest's
+            bootstrap draws), so the bins are found once on the distinct rows; ``stats`` and ``groups``
+            have one entry per sample. The same tree as growing on ``X[sample_rows]``.
+        binned: ``(edges, codes)`` of ``X`` as :func:`bin_edges` (with these ``max_bins``) and
+            ``_codes`` give them, found once by a caller that grows many trees on the same rows
+            (boosting): the same tree, without re-binning every round.
+
+    Missing values: with a :class:`Newton` criterion ``X`` may hold NaN. Every split then learns a
+    default direction for the rows whose feature is missing (XGBoost's sparsity-aware split
+    finding, eq. ens-xgb-missing), stored in ``Tree.missing_left``; other criteria raise. Without
+    NaN the tree is the same as before and ``missing_left`` is ``None``.
     """
+    if sample_rows is not None:
+        if max_bins is not None:
+            raise ValueError("sample_rows is for the exact splitter (max_bins=None)")
+        edges = bin_edges(X)
+        codes = _codes(X, edges)[sample_rows]
+        X = X[sample_rows]
     n, d = X.shape
     dev = X.device
+    nan = torch.isnan(X)
+    has_missing = bool(nan.any())
+    if has_missing and not isinstance(criterion, Newton):
+        raise ValueError("X contains missing values (NaN); only second-order boosting (the Newton "
+                         "criterion) learns a direction for them: impute them first")
     max_depth = math.inf if max_depth is None else max_depth
-    edges = bin_edges(X, max_bins, None if max_bins is None else bin_weights)
-    codes = _codes(X, edges)                                         # (n, d)
+    if binned is not None:
+        edges, codes = binned
+    elif sample_rows is None:
+        edges = bin_edges(X, max_bins, None if max_bins is None else bin_weights)
+        codes = _codes(X, edges)                                     # (n, d)
     B = edges.shape[1]
     s1 = torch.cat([stats, torch.ones(n, 1, dtype=stats.dtype, device=dev)], 1)   # last column: counts
     m = stats.shape[1]
     node_of = (torch.zeros(n, dtype=torch.long, device=dev) if groups is None else groups.clone())
     F = n_groups                                                     # nodes in the current level
     out = {k: [] for k in ("feature", "threshold", "left", "right", "value", "n_samples", "gain", "ties",
-                           "impurity", "weight")}
+                           "impurity", "weight") + (("missing_left",) if has_missing else ())}
     base, depth = 0, 0
     while F > 0:
         act = node_of >= 0
         idx, nid = act.nonzero().squeeze(1), node_of[act]
-        tot = torch.zeros(F, m + 1, dtype=s1.dtype, device=dev).index_add_(0, nid, s1[idx])
+        tot = torch.zeros(F, m + 1, dtype=s1.dtype, device=dev).index_add_(0, nid, s1.index_select(0, idx))
         count = tot[:, -1]
         can = ((depth < max_depth) & (count >= min_samples_split) & (count >= 2 * min_samples_leaf)
                & (criterion.impurity(tot[:, :m]) > _EPS) & (count > 0))
@@ -376,22 +465,31 @@ def grow(X: torch.Tensor, stats: torch.Tensor, criterion, *, groups: torch.Tenso
             r = torch.rand(F, d, generator=generator).to(dev)
             allowed = torch.zeros(F, d, dtype=torch.bool, device=dev)
             allowed.scatter_(1, r.topk(max_features, 1, largest=False).indices, True)
+        miss = None                                                  # (F, d, m+1) stats of missing rows
+        if has_missing:
+            r, j = nan[idx].nonzero(as_tuple=True)
+            miss = torch.zeros(F * d, m + 1, dtype=s1.dtype, device=dev).index_add_(
+                0, nid[r] * d + j, s1[idx[r]]).view(F, d, m + 1)
         search = _search_sorted if max_bins is None else _search_hist
-        best_gain, best_feat, best_bin, n_ties = search(codes, B, s1, criterion, idx, nid, tot, can,
-                                                        allowed, min_samples_leaf)
+        best_gain, best_feat, best_bin, n_ties, to_left = search(codes, B, s1, criterion, idx, nid, tot,
+                                                                 can, allowed, min_samples_leaf, miss)
         split = can & (best_gain > criterion.min_gain) & torch.isfinite(best_gain)
 
         # route the samples of split nodes, and place the threshold
-        f_i = best_feat[nid]
-        goes_left = codes[idx, f_i] <= best_bin[nid]
+        f_i = best_feat.index_select(0, nid)
+        goes_left = torch.take(codes, idx * d + f_i) <= best_bin.index_select(0, nid)
+        present = torch.ones_like(goes_left)
+        if has_missing:                                              # missing rows: the learned side
+            present = ~nan[idx, f_i]
+            goes_left = torch.where(present, goes_left, to_left[nid])
         in_split = split[nid]
         threshold = torch.full((F,), math.nan, dtype=X.dtype, device=dev)
         if max_bins is None:    # exact: half-way between the neighbouring values inside the node
-            x_i = X[idx, f_i]
+            x_i = torch.take(X, idx * d + f_i)
             lo = torch.full((F,), -math.inf, dtype=X.dtype, device=dev).scatter_reduce(
-                0, nid, torch.where(goes_left, x_i, -math.inf), "amax")
+                0, nid, torch.where(goes_left & present, x_i, -math.inf), "amax")
             hi = torch.full((F,), math.inf, dtype=X.dtype, device=dev).scatter_reduce(
-                0, nid, torch.where(goes_left, math.inf, x_i), "amin")
+                0, nid, torch.where(goes_left | ~present, math.inf, x_i), "amin")
             mid = lo / 2.0 + hi / 2.0
             threshold = torch.where((mid == hi) | ~torch.isfinite(mid), lo, mid)
         else:
@@ -411,6 +509,8 @@ def grow(X: torch.Tensor, stats: torch.Tensor, criterion, *, groups: torch.Tenso
         out["ties"].append(torch.where(split, n_ties, 0))
         out["impurity"].append(criterion.impurity(tot[:, :m]))
         out["weight"].append(criterion.weight(tot[:, :m]))
+        if has_missing:
+            out["missing_left"].append(split & to_left)
 
         new = torch.full((n,), -1, dtype=torch.long, device=dev)
         new[idx] = torch.where(in_split, 2 * rank[nid] + (~goes_left).long(), -1)
@@ -420,6 +520,15 @@ def grow(X: torch.Tensor, stats: torch.Tensor, criterion, *, groups: torch.Tenso
     return Tree(**cat, roots=torch.arange(n_groups, device=dev), depth=depth - 1)
 
 
+def _goes_left(tree: Tree, node: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``x <= threshold``; a missing ``x`` (NaN) follows the node's learned default direction
+    (right where the tree learned none)."""
+    left = x <= tree.threshold[node]
+    if tree.missing_left is not None:
+        left |= torch.isnan(x) & tree.missing_left[node]
+    return left
+
+
 def apply(tree: Tree, X: torch.Tensor) -> torch.Tensor:
     """Leaf index of every row in every tree, ``(n, trees)``: all rows descend one level per step."""
     node = tree.roots[None, :].expand(X.shape[0], -1).clone()
@@ -427,7 +536,7 @@ def apply(tree: Tree, X: torch.Tensor) -> torch.Tensor:
         f = tree.feature[node]
         inner = f >= 0
         x = X.gather(1, f.clamp_min(0))
-        nxt = torch.where(x <= tree.threshold[node], tree.left[node], tree.right[node])
+        nxt = torch.where(_goes_left(tree, node, x), tree.left[node], tree.right[node])
         node = torch.where(inner, nxt, node)
     return node
 
@@ -441,7 +550,7 @@ def decision_path(tree: Tree, X: torch.Tensor) -> torch.Tensor:
     for _ in range(tree.depth):
         f = tree.feature[node]
         x = X.gather(1, f.clamp_min(0))
-        nxt = torch.where(x <= tree.threshold[node], tree.left[node], tree.right[node])
+        nxt = torch.where(_goes_left(tree, node, x), tree.left[node], tree.right[node])
         node = torch.where(f >= 0, nxt, node)
         path[rows, node] = True
     return path
@@ -613,7 +722,8 @@ def prune(tree: Tree, ccp_alpha: float) -> Tree:
                 gain=torch.where(leaf, math.nan, tree.gain[idx]),
                 ties=torch.where(leaf, 0, tree.ties[idx]),
                 roots=torch.zeros(1, dtype=torch.long, device=idx.device), depth=depth,
-                impurity=tree.impurity[idx], weight=tree.weight[idx])
+                impurity=tree.impurity[idx], weight=tree.weight[idx],
+                missing_left=None if tree.missing_left is None else tree.missing_left[idx] & ~leaf)
 
 
 # ---------------------------------------------------------------------------------- estimators
