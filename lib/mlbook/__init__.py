@@ -12,16 +12,25 @@ Modules are flat and named after what they hold:
 - ``ode``: fixed-step ODE solvers, divergences, ODE log-likelihoods (diffusion and flows chapters)
 - ``sde``: SDE simulation, unadjusted Langevin dynamics, a 1-D Fokker-Planck solver
 - ``kl``: chapter "Approximating KL divergence"
+- ``optim``: stochastic approximation (Robbins-Monro, Polyak-Ruppert averaging), optimisers and schedules
+- ``scaling``: FLOPs of small convolutional networks, compound scaling
+- ``distributed``: data-parallel training with ``torch.distributed`` (ring all-reduce, the torchrun example)
 - ``trees``, ``ensembles``: CART trees; bagging, random forests, AdaBoost, gradient and second-order boosting
 - ``svm``: hinge loss, linear SVM, kernels and the SMO dual solver
-- ``unsupervised``: k-means, agglomerative clustering, PCA
+- ``unsupervised``: k-means, agglomerative clustering, choosing k, PCA, probabilistic and kernel PCA
 - ``meta``: the sinusoid task family, MAML, first-order MAML, Reptile
 - ``compression``: pruning masks and lottery tickets, distillation, int8 quantization
+- ``mixture``: EM for mixtures, written once over component families (Bernoulli)
+- ``autoregressive``: FVSBN, NADE, MADE, bits per image
+- ``latent``: the VAE, gradient estimators, Gumbel tricks, vector quantisation and the VQ-VAE
 - ``flows``: coupling flows, continuous flows, flow matching and rectified flow
 - ``ebm``: energy MLPs, InfoNCE, derivative-free and Langevin inference
 - ``alignment``: Bradley-Terry rewards, KL-regularised policies, RLHF, DPO, GRPO
 - ``diffusion``: noise processes (VP, VE, DDPM, EDM), parameterisations, the exact mixture score, losses
-- ``sampling``: diffusion samplers with one shared signature, and guidance
+- ``sampling``: diffusion samplers with one shared signature (DDIM to DPM-Solver++), and guidance
+- ``latent_diffusion``: autoencoders for latent diffusion, class-conditional EDM in a latent
+- ``selfsup``: augmentations of digits, InfoNCE, SimSiam, masked prediction, probes
+- ``transfer``: importance weighting, fine-tuning, gradient reversal and DANN, zero-shot by attributes
 """
 
 from .device import get_device, seed_all
