@@ -3,6 +3,7 @@
 import ast
 import pathlib
 import re
+import sys
 
 import notebook_tools
 
@@ -39,8 +40,6 @@ def test_binder_has_every_package_the_notebooks_import():
                         imported |= {alias.name.split(".")[0] for alias in node.names}
                     elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                         imported.add(node.module.split(".")[0])
-    third_party = {m.lower() for m in imported} - {
-        "math", "copy", "functools", "importlib", "warnings", "itertools", "collections", "subprocess",
-        "sys", "time", "os", "json", "dataclasses", "typing", "statistics", "random", "pathlib"}
+    third_party = {m.lower() for m in imported} - set(sys.stdlib_module_names)
     assert "scikit-learn" in pyproject
     assert third_party <= provided, f"Binder would lack {sorted(third_party - provided)}"

@@ -261,6 +261,9 @@ BAD_ALT = """() => Array.from(document.querySelectorAll("article img"))
 
 @pytest.mark.parametrize("path", PAGES)
 def test_every_page_renders_offline(server, browser, path):
+    """Each page, loaded once: math typeset, no errors, no request leaving the machine, weight,
+    alt text, nothing cut or wider than its column at 1280 px and at 390 px; a derivation page's
+    captioned figures; a notebook page's sliders switching frames."""
     page = Page(browser, f"{server}/{path}")
     try:
         if page.page.locator("div.math, span.math").count():
@@ -275,6 +278,11 @@ def test_every_page_renders_offline(server, browser, path):
         assert page.page.evaluate(CLIPPED_MATH) == [], f"formulas cut off at {DESKTOP} px"
         assert page.page.evaluate(OVERFLOWING) == [], f"boxes wider than the column at {DESKTOP} px"
         assert not page.page.evaluate(PAGE_WIDER_THAN_SCREEN)
+        if path in DERIVATION_PAGES:
+            _check_figures(page, path)
+        if path in NOTEBOOK_PAGES:
+            _check_sliders(page, path)
+            _assert_clean(page)
         # Phone: wide things scroll inside their own boxes, never the page; nothing is cut.
         page.page.set_viewport_size({"width": PHONE, "height": 844})
         page.page.wait_for_timeout(400)                          # the resize handler re-measures
@@ -284,20 +292,16 @@ def test_every_page_renders_offline(server, browser, path):
         page.close()
 
 
-@pytest.mark.parametrize("path", DERIVATION_PAGES)
-def test_every_derivation_page_has_a_captioned_figure(server, browser, path):
-    page = Page(browser, f"{server}/{path}")
-    try:
-        figures = page.page.locator("article figure:has(img)")
-        assert figures.count() >= 1, f"{path} has no figure"
-        for k in range(figures.count()):
-            figure = figures.nth(k)
-            assert figure.locator("figcaption").inner_text().strip(), f"figure {k} has no caption"
-            alt = figure.locator("img").first.get_attribute("alt") or ""
-            assert len(alt.split()) >= 5, f"figure {k} has alt text {alt!r}: say what it shows"
-            assert figure.locator("img").first.evaluate("i => i.complete && i.naturalWidth > 100")
-    finally:
-        page.close()
+def _check_figures(page: Page, path: str):
+    """A derivation page has at least one figure, each with a caption and alt text in words."""
+    figures = page.page.locator("article figure:has(img)")
+    assert figures.count() >= 1, f"{path} has no figure"
+    for k in range(figures.count()):
+        figure = figures.nth(k)
+        assert figure.locator("figcaption").inner_text().strip(), f"figure {k} has no caption"
+        alt = figure.locator("img").first.get_attribute("alt") or ""
+        assert len(alt.split()) >= 5, f"figure {k} has alt text {alt!r}: say what it shows"
+        assert figure.locator("img").first.evaluate("i => i.complete && i.naturalWidth > 100")
 
 
 # Contrast of links inside theorem, proof, exercise and solution boxes against the box's
@@ -401,35 +405,30 @@ def test_screenshots_of_one_page_per_part(server, browser, path):
             page.close()
 
 
-@pytest.mark.parametrize("path", NOTEBOOK_PAGES)
-def test_every_notebook_slider_switches_frames(server, browser, path):
-    page = Page(browser, f"{server}/{path}")
-    try:
-        sliders = page.page.locator("div.mlbook-slider")
-        if sliders.count() == 0:
-            pytest.skip(f"{path} has no slider (each chapter needs one: test_every_chapter_has_a_widget)")
-        assert page.page.locator("div.cell_output img").count() >= 1
-        for k in range(sliders.count()):
-            slider = sliders.nth(k)
-            slider.scroll_into_view_if_needed()
-            frame = slider.locator("img.mlbook-frame")
-            for r in range(slider.locator("input.mlbook-range").count()):
-                rng = slider.locator("input.mlbook-range").nth(r)
-                before_src, before = frame.get_attribute("src"), slider.get_attribute("data-frame")
-                assert before is not None, "the slider's script did not run"
-                rng.focus()
-                # Step towards the end that has room to move.
-                key = "ArrowLeft" if rng.input_value() == rng.get_attribute("max") else "ArrowRight"
-                page.page.keyboard.press(key)
-                page.page.wait_for_function("([el, old]) => el.getAttribute('data-frame') !== old",
-                                            arg=[slider.element_handle(), before])
-                assert frame.get_attribute("src") != before_src, f"slider {r} of widget {k} left the figure unchanged"
-        name = path.split("/")[-1].replace(".html", "")
-        sliders.first.scroll_into_view_if_needed()        # a clip is in viewport coordinates
-        page.screenshot(f"{name}-widget.png", clip=sliders.first.bounding_box())
-        _assert_clean(page)
-    finally:
-        page.close()
+def _check_sliders(page: Page, path: str):
+    """Every slider of a notebook page switches its precomputed frame (a screenshot of the first)."""
+    sliders = page.page.locator("div.mlbook-slider")
+    if sliders.count() == 0:
+        return          # each chapter needs one somewhere: test_every_chapter_has_a_widget
+    assert page.page.locator("div.cell_output img").count() >= 1
+    for k in range(sliders.count()):
+        slider = sliders.nth(k)
+        slider.scroll_into_view_if_needed()
+        frame = slider.locator("img.mlbook-frame")
+        for r in range(slider.locator("input.mlbook-range").count()):
+            rng = slider.locator("input.mlbook-range").nth(r)
+            before_src, before = frame.get_attribute("src"), slider.get_attribute("data-frame")
+            assert before is not None, "the slider's script did not run"
+            rng.focus()
+            # Step towards the end that has room to move.
+            key = "ArrowLeft" if rng.input_value() == rng.get_attribute("max") else "ArrowRight"
+            page.page.keyboard.press(key)
+            page.page.wait_for_function("([el, old]) => el.getAttribute('data-frame') !== old",
+                                        arg=[slider.element_handle(), before])
+            assert frame.get_attribute("src") != before_src, f"slider {r} of widget {k} left the figure unchanged"
+    name = path.split("/")[-1].replace(".html", "")
+    sliders.first.scroll_into_view_if_needed()        # a clip is in viewport coordinates
+    page.screenshot(f"{name}-widget.png", clip=sliders.first.bounding_box())
 
 
 def test_every_chapter_has_a_widget():
