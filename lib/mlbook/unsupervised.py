@@ -247,17 +247,17 @@ LINKAGES = ("single", "complete", "average", "ward")
 def _lance_williams(method: str, d_ki, d_kj, d_ij, n_i, n_j, n_k):
     """Distance from cluster k to the union of i and j. Implements (hc-lw-minmax), (hc-lw-average), (hc-ward).
 
-    Works on NumPy arrays and on tensors alike (``k`` runs along the arrays).
+    ``d_ki``, ``d_kj`` and ``n_k`` are NumPy arrays (``k`` runs along them).
     """
     if method == "single":
-        return d_ki.clip(max=d_kj) if isinstance(d_ki, np.ndarray) else torch.minimum(d_ki, d_kj)
+        return np.minimum(d_ki, d_kj)
     if method == "complete":
-        return d_ki.clip(min=d_kj) if isinstance(d_ki, np.ndarray) else torch.maximum(d_ki, d_kj)
+        return np.maximum(d_ki, d_kj)
     if method == "average":
         return (n_i * d_ki + n_j * d_kj) / (n_i + n_j)
     total = n_i + n_j + n_k                                                      # ward
     sq = ((n_i + n_k) * d_ki * d_ki + (n_j + n_k) * d_kj * d_kj - n_k * d_ij * d_ij) / total
-    return sq.clip(min=0) ** 0.5
+    return np.sqrt(sq.clip(min=0))
 
 
 def _greedy(D: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
