@@ -427,3 +427,71 @@ def test_clip_and_logp_old_go_together():
         al.policy_gradient_loss(t64([0.0]), t64([1.0]), logp_old=t64([0.0]))
     with pytest.raises(ValueError, match="clip"):
         al.policy_gradient_loss(t64([0.0]), t64([1.0]), t64([0.0]), clip=0.0)
+
+
+# ------------------------------------------------------------------------------------------ IPO
+
+def test_strict_preferences_and_their_pair_weights():
+    reward = t64([0.0, 2.0, 1.0, 1.0])
+    P = al.strict_preferences(reward)
+    assert torch.equal(P + P.T, torch.ones(4, 4, dtype=torch.float64))
+    assert P[1, 0] == 1 and P[0, 1] == 0 and P[2, 3] == 0.5
+    ref_logp = torch.log_softmax(t64([0.3, -0.2, 0.1, 0.0]), -1)
+    W = al.preference_weights(ref_logp, reward, deterministic=True)
+    assert float(W.sum()) == pytest.approx(1.0)
+    assert float(W[0, 1]) == 0.0                       # the worse reply is never chosen
+
+
+def test_ipo_loss_by_hand():
+    lc, lr, rc, rr = t64([-1.0, -0.5]), t64([-2.0, -0.7]), t64([-1.2, -0.6]), t64([-1.5, -0.9])
+    tau = 0.25
+    margin = (lc - rc) - (lr - rr)
+    expected = float(((margin - 2.0) ** 2).mean())
+    assert float(al.ipo_loss(lc, lr, rc, rr, tau)) == pytest.approx(expected)
+
+
+def test_pairwise_ipo_loss_on_counts_equals_the_sample_loss():
+    ref_logp = torch.log_softmax(t64([0.5, 0.0, -0.5]), -1)
+    logp = torch.log_softmax(t64([0.1, 0.4, -0.2]), -1)
+    chosen, rejected = torch.tensor([0, 1, 2, 1, 1]), torch.tensor([1, 2, 0, 0, 2])
+    W = al.preference_counts(chosen, rejected, 3)
+    sample = al.ipo_loss(logp[chosen], logp[rejected], ref_logp[chosen], ref_logp[rejected], 0.5)
+    assert float(al.pairwise_ipo_loss(logp, ref_logp, W, 0.5)) == pytest.approx(float(sample))
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+@pytest.mark.parametrize("tau", [0.1, 1.0])
+def test_population_ipo_gradient_vanishes_exactly_at_the_closed_form(deterministic, tau):
+    ref_logp = torch.log_softmax(t64([1.0, 0.6, 0.2, -0.2, -0.6]), -1)
+    reward = t64([0.0, 1.0, 2.5, 3.0, 1.5])
+    W = al.preference_weights(ref_logp, reward, deterministic=deterministic)
+    P = (al.strict_preferences(reward) if deterministic
+         else torch.sigmoid(reward[:, None] - reward[None, :]))
+    opt = al.ipo_optimal_log_policy(ref_logp, P, tau).requires_grad_(True)
+    grad, = torch.autograd.grad(al.pairwise_ipo_loss(opt, ref_logp, W, tau), opt)
+    assert float(grad.abs().max()) < 1e-12
+    off = (opt.detach() + 0.05 * t64([1.0, -1.0, 0.0, 0.0, 0.0])).requires_grad_(True)
+    grad_off, = torch.autograd.grad(al.pairwise_ipo_loss(off, ref_logp, W, tau), off)
+    assert float(grad_off.abs().max()) > 1e-3
+
+
+def test_population_dpo_under_certain_preferences_has_no_stationary_point():
+    ref_logp = torch.log_softmax(t64([1.0, 0.6, 0.2]), -1)
+    W = al.preference_weights(ref_logp, t64([0.0, 1.0, 2.0]), deterministic=True)
+    for gap in [1.0, 5.0, 20.0]:                      # policies ever closer to the best reply
+        logp = (ref_logp + gap * t64([0.0, 1.0, 2.0])).requires_grad_(True)
+        grad, = torch.autograd.grad(al.pairwise_dpo_loss(logp, ref_logp, W, 1.0), logp)
+        assert float(grad[2]) < 0                     # raising the best reply still pays
+
+
+def test_ipo_rejects_bad_input():
+    ref_logp = torch.log_softmax(t64([0.5, 0.0, -0.5]), -1)
+    W = al.preference_weights(ref_logp, t64([0.0, 1.0, 2.0]))
+    with pytest.raises(ValueError, match="tau"):
+        al.pairwise_ipo_loss(ref_logp, ref_logp, W, 0.0)
+    with pytest.raises(ValueError, match="weights must have shape"):
+        al.pairwise_ipo_loss(ref_logp, ref_logp, W[:2], 1.0)
+    with pytest.raises(ValueError, match="at least one"):
+        al.ipo_loss(t64([]), t64([]), t64([]), t64([]), 1.0)
+    with pytest.raises(ValueError, match="prefer must have shape"):
+        al.ipo_optimal_log_policy(ref_logp, torch.ones(2, 2, dtype=torch.float64), 1.0)

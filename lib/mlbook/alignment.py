@@ -23,7 +23,8 @@ __all__ = ["TabularPolicy", "MLPPolicy", "RewardModel",
            "optimal_log_policy", "optimal_value", "expected_reward", "kl_divergence", "objective",
            "total_variation", "sample_responses", "sample_preferences", "preference_weights",
            "preference_counts", "bradley_terry_loss", "pairwise_loss", "implicit_reward", "dpo_loss",
-           "pairwise_dpo_loss", "kl_regularised_advantages", "policy_gradient_loss", "group_advantages",
+           "pairwise_dpo_loss", "strict_preferences", "ipo_loss", "pairwise_ipo_loss",
+           "ipo_optimal_log_policy", "kl_regularised_advantages", "policy_gradient_loss", "group_advantages",
            "grpo_loss", "expected_group_advantage", "population_grpo_loss", "grpo_fixed_point_residual",
            "grpo_fixed_point",
            "fit", "train_policy_gradient", "train_grpo"]
@@ -187,14 +188,28 @@ def sample_preferences(ref_logp: torch.Tensor, reward: torch.Tensor, n: int, *,
     return chosen, rejected
 
 
-def preference_weights(ref_logp: torch.Tensor, reward: torch.Tensor) -> torch.Tensor:
-    """Population pair weights W[i, j] = 2 pi_ref(i) pi_ref(j) sigma(r_i - r_j), eq. (align-pairs): the
+def preference_weights(ref_logp: torch.Tensor, reward: torch.Tensor, *,
+                       deterministic: bool = False) -> torch.Tensor:
+    """Population pair weights W[i, j] = 2 pi_ref(i) pi_ref(j) P(i > j), eq. (align-pairs): the
     probability that a labelled pair of :func:`sample_preferences` reads "i chosen over j" (the pair can
-    be drawn in either order). Shape ``(..., K, K)``; each ``W`` sums to 1."""
+    be drawn in either order). Shape ``(..., K, K)``; each ``W`` sums to 1.
+
+    P(i > j) is the Bradley-Terry sigma(r_i - r_j), or with ``deterministic=True`` the labeller who
+    always prefers the higher reward (:func:`strict_preferences`, the setting of IPO, eq. (align-ipo)).
+    """
     ref_logp = _logp(ref_logp, "ref_logp")
     _same_shape(ref_logp=ref_logp, reward=_checks.tensor(reward, "reward", floating=True))
     p = ref_logp.exp()
-    return 2 * p[..., :, None] * p[..., None, :] * torch.sigmoid(reward[..., :, None] - reward[..., None, :])
+    prefer = (strict_preferences(reward) if deterministic
+              else torch.sigmoid(reward[..., :, None] - reward[..., None, :]))
+    return 2 * p[..., :, None] * p[..., None, :] * prefer
+
+
+def strict_preferences(reward: torch.Tensor) -> torch.Tensor:
+    """P[i, j] = 1 if r_i > r_j, 1/2 on ties, 0 otherwise: a labeller who is never wrong. ``(..., K, K)``."""
+    reward = _checks.tensor(reward, "reward", floating=True, ndim=range(1, 8))
+    gap = reward[..., :, None] - reward[..., None, :]
+    return (gap > 0).to(reward.dtype) + 0.5 * (gap == 0).to(reward.dtype)
 
 
 def preference_counts(chosen: torch.Tensor, rejected: torch.Tensor, n_responses: int) -> torch.Tensor:
@@ -262,6 +277,59 @@ def pairwise_dpo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, weights: torch
     """DPO on pair weights ``(..., K, K)``: with :func:`preference_weights` it is the population loss
     (align-dpo-pop), with :func:`preference_counts` the loss of a sampled data set."""
     return pairwise_loss(implicit_reward(logp, ref_logp, beta), weights)
+
+
+# ------------------------------------------------------------------------------------------ IPO
+
+def _tau(tau) -> float:
+    return _checks.real(tau, "tau", positive=True)
+
+
+def ipo_loss(logp_chosen: torch.Tensor, logp_rejected: torch.Tensor, ref_logp_chosen: torch.Tensor,
+             ref_logp_rejected: torch.Tensor, tau: float) -> torch.Tensor:
+    """The IPO loss, eq. (align-ipo): mean of (h - 1/(2 tau))^2, where h is the log-ratio margin
+    log[pi(y_c) pi_ref(y_r) / (pi(y_r) pi_ref(y_c))] of each pair. Shapes ``(n,)``, as :func:`dpo_loss`."""
+    tau = _tau(tau)
+    for name, t in (("logp_chosen", logp_chosen), ("logp_rejected", logp_rejected),
+                    ("ref_logp_chosen", ref_logp_chosen), ("ref_logp_rejected", ref_logp_rejected)):
+        _checks.tensor(t, name, floating=True)
+    _same_shape(logp_chosen=logp_chosen, logp_rejected=logp_rejected,
+                ref_logp_chosen=ref_logp_chosen, ref_logp_rejected=ref_logp_rejected)
+    if logp_chosen.numel() == 0:
+        raise ValueError("the IPO loss needs at least one preference pair")
+    margin = (logp_chosen - ref_logp_chosen) - (logp_rejected - ref_logp_rejected)
+    return ((margin - 0.5 / tau) ** 2).mean()
+
+
+def pairwise_ipo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, weights: torch.Tensor,
+                      tau: float) -> torch.Tensor:
+    """IPO on pair weights ``(..., K, K)`` (population with :func:`preference_weights`, empirical with
+    :func:`preference_counts`): sum_{i,j} W[i, j] (d_i - d_j - 1/(2 tau))^2, d = log pi - log pi_ref."""
+    tau = _tau(tau)
+    logp, ref_logp = _logp(logp, "logp"), _logp(ref_logp, "ref_logp")
+    _same_shape(logp=logp, ref_logp=ref_logp)
+    _checks.tensor(weights, "weights", floating=True)
+    k = logp.shape[-1]
+    if weights.shape != (*logp.shape, k):
+        raise ValueError(f"weights must have shape {(*logp.shape, k)} for logp of shape {tuple(logp.shape)}, "
+                         f"got {tuple(weights.shape)}")
+    d = logp - ref_logp
+    margin = d[..., :, None] - d[..., None, :]                          # (..., K, K): d_i - d_j
+    return (weights * (margin - 0.5 / tau) ** 2).sum()
+
+
+def ipo_optimal_log_policy(ref_logp: torch.Tensor, prefer: torch.Tensor, tau: float) -> torch.Tensor:
+    """The minimiser of the population IPO loss, eq. (align-ipo-optimum): pi proportional to
+    pi_ref exp(p(y > pi_ref) / tau), where p(i > pi_ref) = sum_j pi_ref(j) P[i, j] is the chance that
+    i beats a reply drawn from the reference. ``prefer`` is P, shape ``(..., K, K)``."""
+    tau = _tau(tau)
+    ref_logp = _logp(ref_logp, "ref_logp")
+    _checks.tensor(prefer, "prefer", floating=True)
+    k = ref_logp.shape[-1]
+    if prefer.shape != (*ref_logp.shape, k):
+        raise ValueError(f"prefer must have shape {(*ref_logp.shape, k)}, got {tuple(prefer.shape)}")
+    win = (prefer * ref_logp.exp()[..., None, :]).sum(-1)               # (..., K): p(i > pi_ref)
+    return torch.log_softmax(ref_logp + win / tau, dim=-1)
 
 
 # --------------------------------------------------------------------------- policy gradients
