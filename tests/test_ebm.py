@@ -360,3 +360,55 @@ def test_fit_cd_bad_input():
         ebm.fit_cd(lambda x: x.sum(-1), torch.zeros(4, 2), steps=1)
     with pytest.raises(ValueError):
         ebm.fit_cd(ebm.DensityEnergy(), torch.zeros(4, 2), k=0, steps=1)
+
+
+# ------------------------------------------------------------------------------ soft Q-learning
+
+def test_soft_value_iteration_solves_the_soft_bellman_equation():
+    mdp = ebm.chain_mdp(6, 2)
+    Q, V = ebm.soft_value_iteration(mdp, 0.9, 0.1)
+    v = torch.where(mdp.terminal, 0.0, 0.1 * torch.logsumexp(Q / 0.1, -1))
+    assert torch.allclose(V, v, atol=1e-12)
+    assert torch.allclose(Q, mdp.R + 0.9 * mdp.P @ V, atol=1e-12)
+
+
+def test_soft_values_tend_to_hard_values_as_the_temperature_falls():
+    mdp = ebm.chain_mdp(6, 2)
+    Q, _ = ebm.soft_value_iteration(mdp, 0.9, 1e-4)
+    # the far end is 3 steps from cell 2: 0.9^2 * 1 through the right move
+    assert float(Q[2, 1]) == pytest.approx(0.81, abs=1e-3)
+    assert float(Q[1, 0]) == pytest.approx(0.2, abs=1e-12)
+
+
+def test_off_policy_soft_q_learning_reaches_the_exact_values():
+    mdp = ebm.chain_mdp(5, 1)
+    Q, _ = ebm.soft_value_iteration(mdp, 0.8, 0.1)
+    run = ebm.soft_q_learning(mdp, 0.8, 0.1, steps=800, lr=0.5, behaviour="uniform",
+                              generator=torch.Generator().manual_seed(0))
+    assert float((run["Q"][0] - Q).abs()[1:-1].max()) < 1e-6
+    assert int(run["episodes"][0]) == int(run["ends"][0].sum()) > 0
+
+
+def test_policy_return_of_a_deterministic_policy():
+    mdp = ebm.chain_mdp(5, 1)
+    right = torch.zeros(5, 2, dtype=torch.float64)
+    right[:, 1] = 1.0
+    assert float(ebm.policy_return(mdp, right, 0.9)) == pytest.approx(0.9 ** 2)
+    left = right.flip(-1)
+    assert float(ebm.policy_return(mdp, left, 0.9)) == pytest.approx(0.2)
+
+
+def test_soft_q_learning_rejects_bad_input():
+    mdp = ebm.chain_mdp()
+    with pytest.raises(ValueError, match="gamma"):
+        ebm.soft_value_iteration(mdp, 1.0, 0.1)
+    with pytest.raises(ValueError, match="behaviour"):
+        ebm.soft_q_learning(mdp, 0.9, 0.1, steps=10, behaviour="greedy")
+    with pytest.raises(ValueError, match="interior"):
+        ebm.chain_mdp(5, 4)
+    P = mdp.P.clone()
+    P[1, 0] *= 2
+    with pytest.raises(ValueError, match="probability distribution"):
+        ebm.TabularMDP(P, mdp.R, mdp.terminal, 1)
+    with pytest.raises(ValueError, match="non-terminal"):
+        ebm.TabularMDP(mdp.P, mdp.R, mdp.terminal, 0)

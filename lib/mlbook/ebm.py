@@ -24,7 +24,8 @@ from .device import get_device, rand, randn
 __all__ = ["EnergyMLP", "check_bounds", "uniform_in", "info_nce_loss", "grid_nll", "ml_surrogate_loss",
            "energy_score", "cd_loss", "dfo_argmin", "langevin_argmin", "ImplicitRegressor",
            "ExplicitRegressor", "DensityEnergy", "box_grid", "quadrature_log_z", "quadrature_nll",
-           "grid_density", "far_mass", "fit_cd"]
+           "grid_density", "far_mass", "fit_cd", "TabularMDP", "chain_mdp", "soft_value",
+           "boltzmann_policy", "soft_value_iteration", "soft_q_learning", "policy_return"]
 
 
 class EnergyMLP(nn.Module):
@@ -456,3 +457,149 @@ def fit_cd(energy: nn.Module, data: torch.Tensor, *, persistent: bool = False, k
     return _train.train(energy, loss_fn, data.to(dev), steps=steps, lr=lr, batch_size=batch_size,
                         generator=generator, device=dev, desc="CD", show_progress=False,
                         callback=callback)
+
+
+# ------------------------------------------------------------------ soft Q-learning on a small MDP
+
+class TabularMDP:
+    """A finite MDP: ``P`` ``(S, A, S)`` transition probabilities, ``R`` ``(S, A)`` expected rewards,
+    ``terminal`` ``(S,)`` booleans (a terminal state ends the episode and has value 0), ``start`` the
+    state every episode begins in. Float64 tensors on one device."""
+
+    def __init__(self, P: torch.Tensor, R: torch.Tensor, terminal: torch.Tensor, start: int):
+        _checks.tensor(P, "P", ndim=3, floating=True)
+        n_s, n_a, n_next = P.shape
+        if n_next != n_s or n_a < 1:
+            raise ValueError(f"P must have shape (S, A, S), got {tuple(P.shape)}")
+        if bool((P < 0).any()) or not torch.allclose(P.sum(-1), torch.ones_like(P[..., 0])):
+            raise ValueError("every row P[s, a] must be a probability distribution over next states")
+        _checks.tensor(R, "R", ndim=2, floating=True)
+        if R.shape != (n_s, n_a):
+            raise ValueError(f"R must have shape {(n_s, n_a)}, got {tuple(R.shape)}")
+        _checks.tensor(terminal, "terminal", ndim=1)
+        if terminal.dtype != torch.bool or terminal.shape != (n_s,):
+            raise ValueError(f"terminal must be a boolean tensor of shape ({n_s},)")
+        start = _checks.integer(start, "start", minimum=0)
+        if start >= n_s or bool(terminal[start]):
+            raise ValueError(f"start must be a non-terminal state in 0..{n_s - 1}")
+        self.P, self.R, self.terminal, self.start = P, R, terminal, start
+
+
+def chain_mdp(n_states: int = 7, start: int = 1, near_reward: float = 0.2, far_reward: float = 1.0,
+              *, device=None) -> TabularMDP:
+    """A corridor of ``n_states`` cells; actions 0 (left) and 1 (right) move one cell. Stepping into
+    cell 0 pays ``near_reward``, into the last cell ``far_reward``; both end the episode. Starting near
+    the left end, a random walk finds the small reward long before the large one."""
+    n = _checks.integer(n_states, "n_states", minimum=3)
+    start = _checks.integer(start, "start", minimum=1)
+    if start >= n - 1:
+        raise ValueError(f"start must be an interior cell, 1..{n - 2}")
+    dev = get_device(device)
+    P = torch.zeros(n, 2, n, dtype=torch.float64, device=dev)
+    R = torch.zeros(n, 2, dtype=torch.float64, device=dev)
+    for s in range(n):
+        for a, step in enumerate((-1, 1)):
+            nxt = s if s in (0, n - 1) else s + step
+            P[s, a, nxt] = 1.0
+            if s not in (0, n - 1):
+                R[s, a] = near_reward if nxt == 0 else far_reward if nxt == n - 1 else 0.0
+    terminal = torch.zeros(n, dtype=torch.bool, device=dev)
+    terminal[[0, n - 1]] = True
+    return TabularMDP(P, R, terminal, start)
+
+
+def soft_value(Q: torch.Tensor, alpha: float) -> torch.Tensor:
+    """V(s) = alpha log sum_a exp(Q(s, a) / alpha), the log-partition function of eq. (ebm-soft-policy)."""
+    return alpha * torch.logsumexp(Q / alpha, dim=-1)
+
+
+def boltzmann_policy(Q: torch.Tensor, alpha: float) -> torch.Tensor:
+    """pi(a | s) = exp((Q(s, a) - V(s)) / alpha), eq. (ebm-soft-policy); shape of ``Q``."""
+    return torch.softmax(Q / alpha, dim=-1)
+
+
+def soft_value_iteration(mdp: TabularMDP, gamma: float, alpha: float, *, tol: float = 1e-12,
+                         max_iter: int = 100_000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact soft Q and V of ``mdp`` by iterating the soft Bellman equation, eq. (ebm-soft-bellman):
+    Q <- R + gamma P V, V = alpha logsumexp(Q / alpha), V = 0 at terminal states. The map is a
+    gamma-contraction in the sup norm, so the iteration converges from any start."""
+    gamma = _checks.real(gamma, "gamma", positive=True)
+    alpha = _checks.real(alpha, "alpha", positive=True)
+    if gamma >= 1:
+        raise ValueError(f"gamma must be below 1 for the iteration to contract, got {gamma}")
+    V = torch.zeros(mdp.P.shape[0], dtype=mdp.P.dtype, device=mdp.P.device)
+    for _ in range(_checks.integer(max_iter, "max_iter", minimum=1)):
+        Q = mdp.R + gamma * mdp.P @ V                                          # (S, A)
+        V_new = torch.where(mdp.terminal, 0.0, soft_value(Q, alpha))
+        if float((V_new - V).abs().max()) < tol:
+            return Q, V_new
+        V = V_new
+    raise RuntimeError(f"soft value iteration did not converge in {max_iter} iterations")
+
+
+def soft_q_learning(mdp: TabularMDP, gamma: float, alpha: float, *, steps: int, lr: float = 0.1,
+                    n_agents: int = 1, max_len: int = 50, behaviour: str = "boltzmann",
+                    generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Soft Q-learning with a table, ``n_agents`` independent learners run side by side.
+
+    Each agent acts with the Boltzmann policy of its current Q (eq. (ebm-soft-policy)), or with
+    ``behaviour="uniform"`` picks actions uniformly at random (the update does not depend on how the
+    action was chosen: soft Q-learning is off-policy), and after every
+    transition (s, a, r, s') takes one step on the squared soft Bellman residual,
+    Q(s, a) += lr (r + gamma V(s') - Q(s, a)), with V(s') = alpha logsumexp(Q(s', .) / alpha) and
+    V = 0 at terminal states (the target held fixed: a semi-gradient step). Episodes restart from
+    ``mdp.start`` at a terminal state or after ``max_len`` steps. Returns ``Q`` ``(n_agents, S, A)``,
+    ``episodes`` (finished per agent) and ``far`` (episodes per agent that ended in each terminal state,
+    ``(n_agents, S)``).
+    """
+    gamma = _checks.real(gamma, "gamma", positive=True)
+    alpha = _checks.real(alpha, "alpha", positive=True)
+    lr = _checks.real(lr, "lr", positive=True)
+    steps = _checks.integer(steps, "steps", minimum=1)
+    n_agents = _checks.integer(n_agents, "n_agents", minimum=1)
+    max_len = _checks.integer(max_len, "max_len", minimum=1)
+    if gamma >= 1 or lr > 1:
+        raise ValueError("need gamma < 1 and lr <= 1")
+    if behaviour not in ("boltzmann", "uniform"):
+        raise ValueError(f"behaviour must be 'boltzmann' or 'uniform', got {behaviour!r}")
+    dev = mdp.P.device
+    n_s, n_a = mdp.R.shape
+    Q = torch.zeros(n_agents, n_s, n_a, dtype=torch.float64, device=dev)
+    s = torch.full((n_agents,), mdp.start, dtype=torch.long, device=dev)
+    age = torch.zeros(n_agents, dtype=torch.long, device=dev)
+    ends = torch.zeros(n_agents, n_s, dtype=torch.long, device=dev)
+    rows = torch.arange(n_agents, device=dev)
+    for _ in range(steps):
+        pi = (boltzmann_policy(Q[rows, s], alpha) if behaviour == "boltzmann"
+              else torch.full((n_agents, n_a), 1.0 / n_a, dtype=Q.dtype, device=dev))   # (n, A)
+        u = rand(n_agents, 2, generator=generator, device=dev, dtype=torch.float64)
+        a = _inverse_cdf(pi, u[:, :1])                                          # (n,)
+        nxt = _inverse_cdf(mdp.P[s, a], u[:, 1:])
+        done = mdp.terminal[nxt]
+        v_next = torch.where(done, 0.0, soft_value(Q[rows, nxt], alpha))
+        target = mdp.R[s, a] + gamma * v_next
+        Q[rows, s, a] += lr * (target - Q[rows, s, a])
+        ends[rows[done], nxt[done]] += 1
+        age = torch.where(done, 0, age + 1)
+        restart = done | (age >= max_len)
+        age = torch.where(restart, 0, age)
+        s = torch.where(restart, mdp.start, nxt)
+    return {"Q": Q, "ends": ends, "episodes": ends.sum(-1)}
+
+
+def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One draw per row of ``probs`` ``(n, k)`` from uniforms ``u`` ``(n, 1)``: the first index whose
+    cumulative probability exceeds u (clamped, against rounding in the last cumulative sum)."""
+    return (probs.cumsum(-1) <= u).sum(-1).clamp(max=probs.shape[-1] - 1)
+
+
+def policy_return(mdp: TabularMDP, pi: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Expected discounted reward from ``mdp.start`` under the policy ``pi`` ``(..., S, A)``, by
+    solving the linear Bellman equation V = r_pi + gamma P_pi V (terminal states: V = 0)."""
+    gamma = _checks.real(gamma, "gamma", positive=True)
+    live = (~mdp.terminal).to(pi.dtype)
+    r_pi = (pi * mdp.R).sum(-1) * live                                          # (..., S)
+    P_pi = torch.einsum("...sa,sat->...st", pi, mdp.P) * live[:, None] * live[None, :]
+    eye = torch.eye(len(live), dtype=pi.dtype, device=pi.device)
+    V = torch.linalg.solve(eye - gamma * P_pi, r_pi.unsqueeze(-1)).squeeze(-1)
+    return V[..., mdp.start]
