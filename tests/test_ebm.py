@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mlbook import ebm, sde
 from mlbook._checks import NotFittedError
@@ -412,3 +413,63 @@ def test_soft_q_learning_rejects_bad_input():
         ebm.TabularMDP(P, mdp.R, mdp.terminal, 1)
     with pytest.raises(ValueError, match="non-terminal"):
         ebm.TabularMDP(mdp.P, mdp.R, mdp.terminal, 0)
+
+
+# ------------------------------------------------------------------- noise-contrastive estimation
+
+def test_nce_loss_by_hand():
+    lp_d, lp_n = t64([-1.0, -2.0]), t64([-3.0, -0.5, -4.0])
+    lq_d, lq_n = t64([-2.5, -2.0]), t64([-1.0, -1.5, -2.0])
+    nu = 3.0
+    g_d, g_n = lp_d - lq_d - math.log(nu), lp_n - lq_n - math.log(nu)
+    expected = -torch.log(torch.sigmoid(g_d)).mean() - nu * torch.log(1 - torch.sigmoid(g_n)).mean()
+    assert float(ebm.nce_loss(lp_d, lp_n, lq_d, lq_n, nu)) == pytest.approx(float(expected))
+
+
+def test_nce_population_loss_is_stationary_at_the_data_density():
+    # a finite space: data p, noise q, model log-probabilities l; the expectation is a sum
+    p, q, nu = t64([0.5, 0.3, 0.2]), t64([0.2, 0.3, 0.5]), 4.0
+
+    def population(log_model):
+        g = log_model - q.log() - math.log(nu)
+        return (-(p * F.logsigmoid(g)).sum() - nu * (q * F.logsigmoid(-g)).sum())
+
+    at_truth = p.log().clone().requires_grad_(True)
+    grad, = torch.autograd.grad(population(at_truth), at_truth)
+    assert float(grad.abs().max()) < 1e-12
+    shifted = (p.log() + 0.1).requires_grad_(True)            # unnormalised: c is off by 0.1
+    grad, = torch.autograd.grad(population(shifted), shifted)
+    assert float(grad.sum()) > 1e-3                           # the loss pushes log Z back
+
+
+def test_gaussian_log_prob_matches_torch():
+    x = t64([[0.3, -1.2], [2.0, 0.5]])
+    ref = torch.distributions.MultivariateNormal(torch.zeros(2, dtype=torch.float64),
+                                                 4.0 * torch.eye(2, dtype=torch.float64))
+    assert torch.allclose(ebm.gaussian_log_prob(x, 2.0), ref.log_prob(x))
+
+
+def test_fit_nce_learns_a_gaussian_and_its_normaliser():
+    class Quadratic(torch.nn.Module):                 # E(x) = a |x|^2: the family holds the truth
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Parameter(torch.tensor(0.2))
+
+        def forward(self, x):
+            return self.a * x.pow(2).sum(-1)
+
+    g = gen(0)
+    x = 0.7 * torch.randn(4000, 2, generator=g)
+    model = ebm.SelfNormalised(Quadratic())
+    ebm.fit_nce(model, x, nu=5, noise_std=1.5, steps=400, lr=2e-2, generator=g)
+    assert float(model.energy.a) == pytest.approx(1 / (2 * 0.49), rel=0.05)
+    assert float(model.log_z) == pytest.approx(math.log(2 * math.pi * 0.49), abs=0.05)
+
+
+def test_nce_rejects_bad_input():
+    with pytest.raises(TypeError, match="SelfNormalised"):
+        ebm.fit_nce(ebm.DensityEnergy(), torch.zeros(4, 2), steps=1)
+    with pytest.raises(ValueError):
+        ebm.nce_loss(t64([0.0]), t64([0.0]), t64([0.0]), t64([0.0]), 0.0)
+    with pytest.raises(TypeError):
+        ebm.SelfNormalised(lambda x: x)

@@ -25,7 +25,8 @@ __all__ = ["EnergyMLP", "check_bounds", "uniform_in", "info_nce_loss", "grid_nll
            "energy_score", "cd_loss", "dfo_argmin", "langevin_argmin", "ImplicitRegressor",
            "ExplicitRegressor", "DensityEnergy", "box_grid", "quadrature_log_z", "quadrature_nll",
            "grid_density", "far_mass", "fit_cd", "TabularMDP", "chain_mdp", "soft_value",
-           "boltzmann_policy", "soft_value_iteration", "soft_q_learning", "policy_return"]
+           "boltzmann_policy", "soft_value_iteration", "soft_q_learning", "policy_return",
+           "SelfNormalised", "gaussian_log_prob", "nce_loss", "fit_nce"]
 
 
 class EnergyMLP(nn.Module):
@@ -603,3 +604,62 @@ def policy_return(mdp: TabularMDP, pi: torch.Tensor, gamma: float) -> torch.Tens
     eye = torch.eye(len(live), dtype=pi.dtype, device=pi.device)
     V = torch.linalg.solve(eye - gamma * P_pi, r_pi.unsqueeze(-1)).squeeze(-1)
     return V[..., mdp.start]
+
+
+# ------------------------------------------------------------------- noise-contrastive estimation
+
+class SelfNormalised(nn.Module):
+    """An energy with a learned normaliser: log p(x) = -E(x) - log_z, where ``log_z`` is a free scalar
+    trained with the energy by noise-contrastive estimation, eq. (ebm-nce)."""
+
+    def __init__(self, energy: nn.Module, log_z: float = 0.0):
+        super().__init__()
+        if not isinstance(energy, nn.Module):
+            raise TypeError(f"energy must be a torch.nn.Module, got {type(energy).__name__}")
+        self.energy = energy
+        self.log_z = nn.Parameter(torch.tensor(float(_checks.real(log_z, "log_z"))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -self.energy(x) - self.log_z                                  # (n,) log p(x)
+
+
+def gaussian_log_prob(x: torch.Tensor, std: float) -> torch.Tensor:
+    """log N(x; 0, std^2 I) of rows ``(n, d)``: the noise density of :func:`fit_nce`."""
+    d = x.shape[-1]
+    return -0.5 * (x / std).pow(2).sum(-1) - d * math.log(std) - 0.5 * d * math.log(2 * math.pi)
+
+
+def nce_loss(log_p_data: torch.Tensor, log_p_noise: torch.Tensor, log_q_data: torch.Tensor,
+             log_q_noise: torch.Tensor, nu: float) -> torch.Tensor:
+    """The NCE loss, eq. (ebm-nce): logistic regression of data against ``nu`` times as many noise
+    points, with logit G(x) = log p(x) - log(nu q(x)); mean over data, noise weighted by ``nu``:
+    -E_data log sigma(G) - nu E_noise log(1 - sigma(G))."""
+    nu = _checks.real(nu, "nu", positive=True)
+    g_data = log_p_data - log_q_data - math.log(nu)
+    g_noise = log_p_noise - log_q_noise - math.log(nu)
+    return F.softplus(-g_data).mean() + nu * F.softplus(g_noise).mean()
+
+
+def fit_nce(model: SelfNormalised, data: torch.Tensor, *, nu: int = 10, noise_std: float = 2.5,
+            steps: int = 500, lr: float = 1e-3, lr_decay: bool = True, batch_size: int = 128,
+            generator: torch.Generator | None = None, device=None) -> list[float]:
+    """Fit a :class:`SelfNormalised` energy by NCE, eq. (ebm-nce), against Gaussian noise
+    N(0, noise_std^2 I), ``nu`` noise points per data point in every batch; the book's training loop
+    (Adam, by default with the learning rate decayed to zero so the estimate settles)."""
+    if not isinstance(model, SelfNormalised):
+        raise TypeError("model must be a SelfNormalised energy (its log_z is learned)")
+    _checks.tensor(data, "data", ndim=2, floating=True, min_rows=1)
+    nu = _checks.integer(nu, "nu", minimum=1)
+    noise_std = _checks.real(noise_std, "noise_std", positive=True)
+    dev = get_device(device)
+
+    def loss_fn(m, batch):
+        (xb,) = batch if isinstance(batch, (tuple, list)) else (batch,)
+        noise = noise_std * randn(nu * len(xb), xb.shape[1], generator=generator, device=dev,
+                                  dtype=xb.dtype)
+        return nce_loss(m(xb), m(noise), gaussian_log_prob(xb, noise_std),
+                        gaussian_log_prob(noise, noise_std), nu)
+
+    return _train.train(model, loss_fn, data.to(dev), steps=steps, lr=lr, lr_decay=lr_decay,
+                        batch_size=batch_size, generator=generator, device=dev, desc="NCE",
+                        show_progress=False)
