@@ -495,3 +495,15 @@ def test_ipo_rejects_bad_input():
         al.ipo_loss(t64([]), t64([]), t64([]), t64([]), 1.0)
     with pytest.raises(ValueError, match="prefer must have shape"):
         al.ipo_optimal_log_policy(ref_logp, torch.ones(2, 2, dtype=torch.float64), 1.0)
+
+
+def test_fit_feature_reward_recovers_a_linear_reward():
+    g = gen(0)
+    phi = torch.randn(50, 3, generator=g, dtype=torch.float64)
+    w = t64([1.0, -0.5, 0.25])
+    ref_logp = torch.full((50,), -math.log(50), dtype=torch.float64)
+    chosen, rejected = al.sample_preferences(ref_logp, phi @ w, 2000, generator=g)
+    proxy = al.fit_feature_reward(phi, chosen, rejected, steps=200, lr=0.1)
+    assert torch.corrcoef(torch.stack([proxy, phi @ w]))[0, 1] > 0.99
+    with pytest.raises(ValueError, match="response indices"):
+        al.fit_feature_reward(phi, torch.tensor([0, 60]), torch.tensor([1, 2]))

@@ -23,7 +23,7 @@ __all__ = ["TabularPolicy", "MLPPolicy", "RewardModel",
            "optimal_log_policy", "optimal_value", "expected_reward", "kl_divergence", "objective",
            "total_variation", "sample_responses", "sample_preferences", "preference_weights",
            "preference_counts", "bradley_terry_loss", "pairwise_loss", "implicit_reward", "dpo_loss",
-           "pairwise_dpo_loss", "strict_preferences", "ipo_loss", "pairwise_ipo_loss",
+           "pairwise_dpo_loss", "fit_feature_reward", "strict_preferences", "ipo_loss", "pairwise_ipo_loss",
            "ipo_optimal_log_policy", "kl_regularised_advantages", "policy_gradient_loss", "group_advantages",
            "grpo_loss", "expected_group_advantage", "population_grpo_loss", "grpo_fixed_point_residual",
            "grpo_fixed_point",
@@ -277,6 +277,28 @@ def pairwise_dpo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, weights: torch
     """DPO on pair weights ``(..., K, K)``: with :func:`preference_weights` it is the population loss
     (align-dpo-pop), with :func:`preference_counts` the loss of a sampled data set."""
     return pairwise_loss(implicit_reward(logp, ref_logp, beta), weights)
+
+
+def fit_feature_reward(features: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor, *,
+                       steps: int = 300, lr: float = 0.05) -> torch.Tensor:
+    """A linear Bradley-Terry reward model on response features, r(y) = w . phi(y), fitted to labelled
+    pairs by the loss (align-bt-loss) from w = 0; returns the proxy reward of every response ``(K,)``.
+
+    ``features`` is ``(K, d)``; ``chosen`` and ``rejected`` hold response indices ``(n,)``. A linear model
+    of a reward that is not linear in the features is the simplest misspecified reward model (the
+    over-optimisation experiment of the chapter)."""
+    _checks.tensor(features, "features", ndim=2, floating=True, min_rows=2)
+    k = features.shape[0]
+    chosen, rejected = _responses(chosen, "chosen", k), _responses(rejected, "rejected", k)
+    _same_shape(chosen=chosen, rejected=rejected)
+    if chosen.ndim != 1 or len(chosen) == 0:
+        raise ValueError("chosen and rejected must be non-empty 1-D index tensors")
+    model = nn.Linear(features.shape[1], 1, bias=False).to(features)
+    nn.init.zeros_(model.weight)
+    diff = features[chosen] - features[rejected]                             # (n, d)
+    zero = torch.zeros(len(diff), dtype=features.dtype, device=features.device)
+    fit(model, lambda m: bradley_terry_loss(m(diff).squeeze(-1), zero), steps=steps, lr=lr)
+    return model(features).squeeze(-1).detach()                              # (K,)
 
 
 # ------------------------------------------------------------------------------------------ IPO
