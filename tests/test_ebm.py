@@ -462,8 +462,8 @@ def test_fit_nce_learns_a_gaussian_and_its_normaliser():
     x = 0.7 * torch.randn(4000, 2, generator=g)
     model = ebm.SelfNormalised(Quadratic())
     ebm.fit_nce(model, x, nu=5, noise_std=1.5, steps=400, lr=2e-2, generator=g)
-    assert float(model.energy.a) == pytest.approx(1 / (2 * 0.49), rel=0.05)
-    assert float(model.log_z) == pytest.approx(math.log(2 * math.pi * 0.49), abs=0.05)
+    assert float(model.energy.a.detach()) == pytest.approx(1 / (2 * 0.49), rel=0.05)
+    assert float(model.log_z.detach()) == pytest.approx(math.log(2 * math.pi * 0.49), abs=0.05)
 
 
 def test_nce_rejects_bad_input():
@@ -473,3 +473,35 @@ def test_nce_rejects_bad_input():
         ebm.nce_loss(t64([0.0]), t64([0.0]), t64([0.0]), t64([0.0]), 0.0)
     with pytest.raises(TypeError):
         ebm.SelfNormalised(lambda x: x)
+
+
+# ---------------------------------------------------------------------------- margin losses
+
+def test_hinge_loss_picks_the_most_offending_wrong_answer():
+    model = lambda x, y: (y[..., 0] - x[..., 0, None] if y.ndim == 3 else y[:, 0] - x[:, 0]) ** 2
+    x, y = t64([[0.0]]).float(), t64([[0.0]]).float()
+    counter = torch.tensor([[[0.01], [0.5], [2.0]]])          # 0.01 is within exclude: "right"
+    # energies: right 0, most offending wrong 0.25 -> max(0, 1 + 0 - 0.25)
+    assert float(ebm.hinge_loss(model, x, y, counter, margin=1.0, exclude=0.05)) == pytest.approx(0.75)
+    assert float(ebm.hinge_loss(model, x, y, counter, margin=0.2, exclude=0.05)) == 0.0
+
+
+def test_hinge_loss_is_blind_to_a_constant_shift_and_the_energy_loss_is_not():
+    g = gen(0)
+    net = ebm.EnergyMLP(1, 1, hidden=8, layers=1)
+    shifted = lambda x, y: net(x, y) - 10.0
+    x, y = torch.randn(16, 1, generator=g), torch.randn(16, 1, generator=g)
+    counter = torch.randn(16, 5, 1, generator=g)
+    assert float(ebm.hinge_loss(shifted, x, y, counter)) == pytest.approx(float(ebm.hinge_loss(net, x, y, counter)))
+    assert float(ebm.energy_loss(shifted, x, y)) == pytest.approx(float(ebm.energy_loss(net, x, y)) - 10.0)
+
+
+def test_margin_losses_reject_bad_input():
+    net = ebm.EnergyMLP(1, 1, hidden=8, layers=1)
+    x, y = torch.zeros(4, 1), torch.zeros(4, 1)
+    with pytest.raises(ValueError, match="counter must have shape"):
+        ebm.hinge_loss(net, x, y, torch.zeros(3, 2, 1))
+    with pytest.raises(ValueError, match="margin"):
+        ebm.hinge_loss(net, x, y, torch.zeros(4, 2, 1), margin=0.0)
+    with pytest.raises(ValueError, match="loss"):
+        ebm.ImplicitRegressor(loss="square", steps=1).fit(torch.zeros(4, 1), torch.zeros(4))

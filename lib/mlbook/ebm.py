@@ -21,7 +21,7 @@ from torch import nn
 from . import _checks, nets, sde, train as _train
 from .device import get_device, rand, randn
 
-__all__ = ["EnergyMLP", "check_bounds", "uniform_in", "info_nce_loss", "grid_nll", "ml_surrogate_loss",
+__all__ = ["EnergyMLP", "check_bounds", "uniform_in", "info_nce_loss", "energy_loss", "hinge_loss", "grid_nll", "ml_surrogate_loss",
            "energy_score", "cd_loss", "dfo_argmin", "langevin_argmin", "ImplicitRegressor",
            "ExplicitRegressor", "DensityEnergy", "box_grid", "quadrature_log_z", "quadrature_nll",
            "grid_density", "far_mass", "fit_cd", "TabularMDP", "chain_mdp", "soft_value",
@@ -91,6 +91,34 @@ def info_nce_loss(model: Callable, x: torch.Tensor, y: torch.Tensor, counter: to
     logits = -model(x, candidates)                                                 # (n, K + 1)
     target = torch.zeros(len(y), dtype=torch.long, device=y.device)               # the observed one
     return F.cross_entropy(logits, target)
+
+
+def energy_loss(model: Callable, x: torch.Tensor, y: torch.Tensor, counter: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """The energy loss, eq. (ebm-energy-loss): mean E(x, y) at the observed answers, nothing else.
+
+    It only pushes energies down, so a model that can lower every energy at once (a bias) minimises it
+    without learning anything: the collapse the margin losses prevent. ``counter`` is ignored (accepted
+    so that every loss of this module has one signature)."""
+    return model(x, y).mean()
+
+
+def hinge_loss(model: Callable, x: torch.Tensor, y: torch.Tensor, counter: torch.Tensor, *,
+               margin: float = 1.0, exclude: float = 0.05) -> torch.Tensor:
+    """The hinge (margin) loss, eq. (ebm-hinge): mean of max(0, margin + E(x, y) - E(x, y_bar)), where
+    y_bar is the *most offending* counter-example, the one of lowest energy among those farther than
+    ``exclude`` from y (closer ones count as correct answers). ``counter`` is ``(n, K, dy)``."""
+    margin = _checks.real(margin, "margin", positive=True)
+    exclude = _checks.real(exclude, "exclude", nonnegative=True)
+    _checks.tensor(counter, "counter", ndim=3, floating=True)
+    if counter.shape[0] != y.shape[0] or counter.shape[2] != y.shape[1]:
+        raise ValueError(f"counter must have shape ({y.shape[0]}, K, {y.shape[1]}) to match y, "
+                         f"got {tuple(counter.shape)}")
+    e_counter = model(x, counter)                                                  # (n, K)
+    wrong = (counter - y[:, None, :]).norm(dim=-1) > exclude                       # (n, K)
+    offending = torch.where(wrong, e_counter, torch.full_like(e_counter, math.inf)).min(1).values
+    gap = margin + model(x, y) - offending                                         # (n,)
+    return F.relu(torch.where(torch.isinf(offending), torch.zeros_like(gap), gap)).mean()
 
 
 def grid_nll(model: Callable, x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
@@ -254,22 +282,27 @@ class ImplicitRegressor(_Regressor):
 
     Args:
         n_counter: counter-examples K per training pair, drawn uniformly in the box every step.
+        loss: ``"infonce"`` (eq. (ebm-infonce)), ``"hinge"`` (:func:`hinge_loss` with margin
+            ``hinge_margin``) or ``"energy"`` (:func:`energy_loss`, which collapses: for comparison).
         inference: ``"dfo"`` (:func:`dfo_argmin`) or ``"langevin"`` (:func:`langevin_argmin`).
         inference_kwargs: passed on to the inference function.
     """
 
     def __init__(self, *, n_counter: int = 64, hidden: int = 64, layers: int = 3, steps: int = 1500,
                  lr: float = 1e-3, batch_size: int = 64, margin: float = 0.05, inference: str = "dfo",
-                 inference_kwargs: dict | None = None, seed: int = 0, device=None):
+                 inference_kwargs: dict | None = None, loss: str = "infonce", hinge_margin: float = 1.0,
+                 seed: int = 0, device=None):
         super().__init__(hidden=hidden, layers=layers, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
                          device=device)
         self.n_counter, self.margin = n_counter, margin
         self.inference, self.inference_kwargs = inference, inference_kwargs
+        self.loss, self.hinge_margin = loss, hinge_margin
 
     def fit(self, X, y, *, show_progress: bool | None = False) -> "ImplicitRegressor":
         n_counter = _checks.integer(self.n_counter, "n_counter", minimum=1)
         margin = _checks.real(self.margin, "margin", nonnegative=True)
         _checks.choice(self.inference, "inference", ("dfo", "langevin"))
+        _checks.choice(self.loss, "loss", ("infonce", "hinge", "energy"))
         dev, X, Y = self._prepare(X, y)
         lo, hi = Y.min(0).values, Y.max(0).values
         pad = margin * (hi - lo).clamp_min(1e-6)
@@ -282,6 +315,10 @@ class ImplicitRegressor(_Regressor):
         def loss_fn(m, batch):
             xb, yb = batch
             counter = uniform_in(self.bounds_, len(yb), n_counter, generator=gen, device=dev)
+            if self.loss == "hinge":
+                return hinge_loss(m, xb, yb, counter, margin=self.hinge_margin)
+            if self.loss == "energy":
+                return energy_loss(m, xb, yb)
             return info_nce_loss(m, xb, yb, counter)
 
         self.losses_ = _train.train(model, loss_fn, (X, Y), steps=self.steps, lr=self.lr,
