@@ -507,3 +507,48 @@ def test_fit_feature_reward_recovers_a_linear_reward():
     assert torch.corrcoef(torch.stack([proxy, phi @ w]))[0, 1] > 0.99
     with pytest.raises(ValueError, match="response indices"):
         al.fit_feature_reward(phi, torch.tensor([0, 60]), torch.tensor([1, 2]))
+
+
+# ------------------------------------------------------------------------- token-level RLHF
+
+def test_gae_by_hand_and_its_two_limits():
+    rewards, values = t64([[0.0, 0.0, 1.0]]), t64([[0.2, 0.5, 0.7]])
+    # deltas: 0 + 0.5 - 0.2, 0 + 0.7 - 0.5, 1 + 0 - 0.7
+    d = [0.3, 0.2, 0.3]
+    lam = 0.5
+    expected = [d[0] + lam * d[1] + lam ** 2 * d[2], d[1] + lam * d[2], d[2]]
+    assert torch.allclose(al.gae(rewards, values, lam), t64([expected]))
+    assert torch.allclose(al.gae(rewards, values, 0.0), t64([d]))          # one-step TD
+    mc = rewards.flip(-1).cumsum(-1).flip(-1) - values                     # lambda = 1: return - V
+    assert torch.allclose(al.gae(rewards, values, 1.0), mc)
+
+
+def test_sequence_policy_scores_what_it_samples():
+    torch.manual_seed(0)
+    policy = al.SequencePolicy(3, 8)
+    tokens = policy.sample(4000, 1, generator=gen(0))                      # first tokens only
+    freq = torch.bincount(tokens[:, 0], minlength=3).double() / 4000
+    probs = torch.stack([policy(torch.full((1, 1), k)).exp()[0, 0] for k in range(3)]).double()
+    assert torch.allclose(freq, probs.detach(), atol=0.03)
+    seqs = policy.sample(5, 6, generator=gen(1))
+    assert policy(seqs).shape == (5, 6) and bool((policy(seqs) <= 0).all())
+
+
+def test_counting_reward():
+    tokens = torch.tensor([[0, 1, 2, 3], [3, 0, 0, 1], [2, 2, 2, 2]])
+    assert torch.allclose(al.counting_reward(tokens, 4), torch.tensor([1.0, 2 / 3, 0.0]))
+
+
+def test_train_sequence_rl_improves_the_reward_and_rejects_bad_input():
+    torch.manual_seed(0)
+    policy = al.SequencePolicy(4, 16)
+    reference = al.SequencePolicy(4, 16).requires_grad_(False)
+    reference.load_state_dict(policy.state_dict())
+    reward = lambda t: al.counting_reward(t, 4)
+    history = al.train_sequence_rl(policy, reference, reward, method="rloo", length=4, batch=32,
+                                   updates=15, lr=1e-2, generator=gen(0))
+    assert history["reward"][-1] > history["reward"][0] + 0.2
+    with pytest.raises(ValueError, match="critic"):
+        al.train_sequence_rl(policy, reference, reward, method="ppo", updates=1)
+    with pytest.raises(ValueError, match="method"):
+        al.train_sequence_rl(policy, reference, reward, method="dpo", updates=1)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _checks, nets
+from .device import rand
 from .kl import k3
 
 __all__ = ["TabularPolicy", "MLPPolicy", "RewardModel",
@@ -27,7 +28,8 @@ __all__ = ["TabularPolicy", "MLPPolicy", "RewardModel",
            "ipo_optimal_log_policy", "kl_regularised_advantages", "policy_gradient_loss", "group_advantages",
            "grpo_loss", "expected_group_advantage", "population_grpo_loss", "grpo_fixed_point_residual",
            "grpo_fixed_point",
-           "fit", "train_policy_gradient", "train_grpo"]
+           "fit", "train_policy_gradient", "train_grpo",
+           "SequencePolicy", "counting_reward", "gae", "train_sequence_rl"]
 
 
 # ------------------------------------------------------------------------------- argument checks
@@ -622,3 +624,128 @@ def train_grpo(ref_logp: torch.Tensor, reward: torch.Tensor, beta: float, group_
     fit(policy, _reuse_batches(draw, loss_on, epochs), steps=steps * epochs, lr=lr,
         lr_decay=True, device=device)
     return policy().detach()
+
+
+# --------------------------------------------------------------- token-level RLHF on short sequences
+
+class SequencePolicy(nn.Module):
+    """A tiny autoregressive policy over token sequences: a GRU reads the tokens so far (a start
+    token first) and gives logits for the next one. With ``value_head=True`` it is a critic instead:
+    one scalar per position, the value V(s_t) of the prefix before token t."""
+
+    def __init__(self, vocab: int, hidden: int = 32, *, value_head: bool = False):
+        super().__init__()
+        self.vocab = _checks.integer(vocab, "vocab", minimum=2)
+        hidden = _checks.integer(hidden, "hidden", minimum=1)
+        self.embed = nn.Embedding(self.vocab + 1, hidden)                  # the last index is <start>
+        self.gru = nn.GRU(hidden, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 1 if value_head else self.vocab)
+
+    def _states(self, tokens: torch.Tensor) -> torch.Tensor:
+        start = torch.full_like(tokens[:, :1], self.vocab)
+        h, _ = self.gru(self.embed(torch.cat([start, tokens[:, :-1]], dim=1)))
+        return h                                                            # (n, L, hidden)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities of each token given its prefix ``(n, L)``, or values ``(n, L)``."""
+        _checks.tensor(tokens, "tokens", ndim=2)
+        out = self.head(self._states(tokens))                               # (n, L, V or 1)
+        if out.shape[-1] == 1:
+            return out.squeeze(-1)
+        return torch.log_softmax(out, -1).gather(-1, tokens[..., None]).squeeze(-1)
+
+    @torch.no_grad()
+    def sample(self, n: int, length: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` sequences of ``length`` tokens drawn from the policy, ``(n, length)``."""
+        dev = self.head.weight.device
+        tokens = torch.full((n, 1), self.vocab, dtype=torch.long, device=dev)
+        h = None
+        for _ in range(_checks.integer(length, "length", minimum=1)):
+            out, h = self.gru(self.embed(tokens[:, -1:]), h)
+            probs = torch.softmax(self.head(out[:, -1]), -1)               # (n, V)
+            u = rand(n, 1, generator=generator, device=dev, dtype=probs.dtype)
+            nxt = (probs.cumsum(-1) <= u).sum(-1).clamp(max=self.vocab - 1)
+            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        return tokens[:, 1:]
+
+
+def counting_reward(tokens: torch.Tensor, vocab: int) -> torch.Tensor:
+    """The toy task's reward: the share of positions t >= 1 where token t is token t-1 plus one
+    (mod ``vocab``): "count upwards". Paid once, at the end of the sequence. ``(n,)``."""
+    up = tokens[:, 1:] == (tokens[:, :-1] + 1) % vocab
+    return up.double().mean(-1).to(torch.get_default_dtype())
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, lam: float = 0.95) -> torch.Tensor:
+    """Generalised advantage estimation with discount 1, eq. (align-gae): delta_t = r_t + V_{t+1} - V_t
+    (V after the last token is 0), A_t = sum_k lam^k delta_{t+k}. ``rewards`` and ``values`` ``(n, L)``."""
+    lam = _checks.real(lam, "lam", nonnegative=True)
+    _same_shape(rewards=rewards, values=values)
+    nxt = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], dim=1)
+    delta = rewards + nxt - values
+    adv, running = torch.zeros_like(delta), torch.zeros_like(delta[:, 0])
+    for t in range(delta.shape[1] - 1, -1, -1):
+        running = delta[:, t] + lam * running
+        adv[:, t] = running
+    return adv
+
+
+def train_sequence_rl(policy: SequencePolicy, reference: SequencePolicy, reward_fn, *, method: str,
+                      beta: float = 0.05, length: int = 8, batch: int = 64, updates: int = 60,
+                      epochs: int = 4, clip: float = 0.2, lr: float = 3e-3, lam: float = 0.95,
+                      critic: SequencePolicy | None = None,
+                      generator: torch.Generator | None = None,
+                      callback=None) -> dict[str, list[float]]:
+    """Token-level RL from a sequence reward with a per-token KL penalty, three ways (equal samples:
+    ``batch`` sequences per update, ``updates`` updates):
+
+    - ``"ppo"``: per-token reward -beta (log pi - log pi_ref), plus the task reward at the last token;
+      advantages by :func:`gae` from a learned ``critic`` (fitted to the returns); clipped surrogate.
+    - ``"grpo"``: the group-normalised task reward as every token's advantage (one group: the batch),
+      the k3 penalty of eq. (align-grpo) per token in the loss; clipped surrogate.
+    - ``"rloo"``: REINFORCE with the leave-one-out baseline on the KL-shaped sequence reward
+      R - beta sum_t (log pi - log pi_ref); clipped surrogate over the same epochs.
+
+    Returns per update the mean task reward of the batch and the mean per-sequence KL estimate.
+    """
+    _checks.choice(method, "method", ("ppo", "grpo", "rloo"))
+    if method == "ppo" and critic is None:
+        raise ValueError("method='ppo' needs a critic (a SequencePolicy with value_head=True)")
+    beta = _beta(beta)
+    params = list(policy.parameters()) + (list(critic.parameters()) if method == "ppo" else [])
+    opt = torch.optim.Adam(params, lr=_checks.real(lr, "lr", positive=True))
+    history = {"reward": [], "kl": []}
+    for update in range(_checks.integer(updates, "updates", minimum=1)):
+        tokens = policy.sample(batch, length, generator=generator)          # (B, L)
+        with torch.no_grad():
+            logp_old, ref = policy(tokens), reference(tokens)               # (B, L)
+            task = reward_fn(tokens).to(logp_old.dtype)                     # (B,)
+            log_ratio = logp_old - ref
+            if method == "ppo":
+                rewards = -beta * log_ratio
+                rewards[:, -1] += task
+                values = critic(tokens)
+                adv = gae(rewards, values, lam)
+                returns = adv + values
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            elif method == "grpo":
+                adv = ((task - task.mean()) / (task.std() + 1e-6))[:, None].expand_as(logp_old)
+            else:
+                shaped = task - beta * log_ratio.sum(-1)                     # (B,)
+                baseline = (shaped.sum() - shaped) / (len(shaped) - 1)
+                adv = (shaped - baseline)[:, None].expand_as(logp_old)
+        for _ in range(_checks.integer(epochs, "epochs", minimum=1)):
+            logp = policy(tokens)
+            loss = policy_gradient_loss(logp, adv, logp_old, clip=clip)
+            if method == "grpo":
+                loss = loss + beta * k3(ref - logp).mean()
+            if method == "ppo":
+                loss = loss + 0.5 * (critic(tokens) - returns).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        history["reward"].append(float(task.mean()))
+        history["kl"].append(float(log_ratio.sum(-1).mean()))
+        if callback is not None:
+            callback(update + 1, policy)
+    return history
