@@ -552,3 +552,28 @@ def test_train_sequence_rl_improves_the_reward_and_rejects_bad_input():
         al.train_sequence_rl(policy, reference, reward, method="ppo", updates=1)
     with pytest.raises(ValueError, match="method"):
         al.train_sequence_rl(policy, reference, reward, method="dpo", updates=1)
+
+
+def test_population_grpo_functions_reject_bad_input():
+    ref_logp = torch.log_softmax(t64([0.5, 0.0, -0.5]), -1)
+    with pytest.raises(TypeError):
+        al.population_grpo_loss(ref_logp, ref_logp, [0.0, 1.0, 2.0], 0.1, 4)
+    with pytest.raises(ValueError, match="shapes must match"):
+        al.population_grpo_loss(ref_logp, ref_logp, t64([0.0, 1.0]), 0.1, 4)
+    with pytest.raises(TypeError):
+        al.grpo_fixed_point(ref_logp, [0.0, 1.0, 2.0], 0.1, 4)
+    with pytest.raises(ValueError, match="group_size"):
+        al.grpo_fixed_point(ref_logp, t64([0.0, 1.0, 2.0]), 0.1, 1)
+
+
+def test_with_a_binary_reward_correct_replies_gain_probability_at_the_grpo_fixed_point():
+    ref_logp = torch.log_softmax(t64([0.8, 0.3, 0.0, -0.4]), -1)
+    reward = t64([0.0, 1.0, 0.0, 1.0])                     # replies 1 and 3 are correct
+    a = al.expected_group_advantage(ref_logp, reward, 4)
+    assert bool((a[reward == 1] >= 0).all()) and bool((a[reward == 0] <= 0).all())
+    policy = al.TabularPolicy(ref_logp)
+    al.fit(policy, lambda m: al.population_grpo_loss(m(), ref_logp, reward, 1.0, 4), steps=300,
+           lr=0.05)
+    fixed = al.grpo_fixed_point(ref_logp, reward, 1.0, 4, start=policy().detach())
+    gain = fixed.exp() - ref_logp.exp()
+    assert bool((gain[reward == 1] > 0).all()) and bool((gain[reward == 0] < 0).all())

@@ -470,7 +470,9 @@ def population_grpo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, reward: tor
     """A loss whose gradient is the *expected* on-policy GRPO gradient, eq. (align-grpo-mean):
     -sum_y pi(y) a(y) (a detached) - beta sum_y pi_ref(y) log pi(y). ``logp``, ``ref_logp``: ``(K,)``."""
     beta = _checks.real(beta, "beta", nonnegative=True)
-    _same_shape(logp=logp, ref_logp=_checks.tensor(ref_logp, "ref_logp", floating=True))
+    logp = _checks.tensor(logp, "logp", ndim=1, floating=True)
+    _checks.tensor(reward, "reward", ndim=1, floating=True)
+    _same_shape(logp=logp, ref_logp=_checks.tensor(ref_logp, "ref_logp", floating=True), reward=reward)
     a = expected_group_advantage(logp.detach(), reward, group_size, normalise_std)
     return -(logp.exp() * a).sum() - beta * (ref_logp.exp() * logp).sum()
 
@@ -496,6 +498,8 @@ def grpo_fixed_point(ref_logp: torch.Tensor, reward: torch.Tensor, beta: float, 
     """
     beta = _beta(beta)
     ref_logp = _checks.tensor(ref_logp, "ref_logp", ndim=1, floating=True)
+    _checks.tensor(reward, "reward", ndim=1, floating=True)
+    group_size = _checks.integer(group_size, "group_size", minimum=2)
     theta = (ref_logp if start is None else _checks.tensor(start, "start", ndim=1, floating=True)).detach().clone()
     _same_shape(ref_logp=ref_logp, start=theta, reward=reward)
     max_iter = _checks.integer(max_iter, "max_iter", minimum=1)
@@ -512,12 +516,12 @@ def grpo_fixed_point(ref_logp: torch.Tensor, reward: torch.Tensor, beta: float, 
         jac = torch.autograd.functional.jacobian(stationarity, theta)          # (K, K), singular along 1
         step = -torch.linalg.pinv(jac) @ f                         # least-norm step: ignores the shift
         scale = 1.0
-        while scale > 1e-4:                                        # halve until the residual falls
+        while True:                                                # halve until the residual falls
             f_new = stationarity(theta + scale * step)
-            if float(f_new.norm()) < float(f.norm()):
+            if float(f_new.norm()) < float(f.norm()) or scale <= 1e-4:
                 break
             scale /= 2
-        theta, f = theta + scale * step, f_new
+        theta, f = theta + scale * step, f_new                     # f_new is the residual at theta
     if not float(f.abs().max()) < tol ** 0.5:
         raise RuntimeError(f"Newton's method did not reach a GRPO fixed point (residual {float(f.abs().max()):.2e}); "
                            "start it closer, e.g. after a few steps of population_grpo_loss")
