@@ -480,3 +480,151 @@ def test_one_class_svm_matches_scikit_learn_and_nu_bounds_the_outliers(nu):
     assert (f < -1e-3).mean() <= nu <= len(ours.support_) / len(X)
     with pytest.raises(ValueError, match="nu must be in"):
         svm.OneClassSVM(nu=1.5).fit(X)
+
+
+# ------------------------------------------------------------------ relevance vector machine
+
+def _sinc(n, seed, noise=0.1):
+    g = gen(seed)
+    x = 20 * torch.rand(n, generator=g, dtype=torch.float64) - 10
+    return x[:, None], torch.sinc(x / math.pi) + noise * torch.randn(n, generator=g, dtype=torch.float64)
+
+
+def test_rvm_log_evidence_is_the_gaussian_marginal_likelihood():
+    g = gen(30)
+    Phi = torch.randn(12, 5, generator=g, dtype=torch.float64)
+    t = torch.randn(12, generator=g, dtype=torch.float64)
+    alpha, beta = torch.rand(5, generator=g, dtype=torch.float64) + 0.1, 3.0
+    C = torch.eye(12, dtype=torch.float64) / beta + Phi @ torch.diag(1 / alpha) @ Phi.T
+    direct = torch.distributions.MultivariateNormal(torch.zeros(12, dtype=torch.float64), C).log_prob(t)
+    assert svm.rvm_log_evidence(Phi, t, alpha, beta) == pytest.approx(float(direct), rel=1e-10)
+
+
+def test_rvm_updates_are_the_stationarity_conditions_of_the_evidence():
+    # d log p / d log alpha_i = (gamma_i - alpha_i m_i^2) / 2 and
+    # d log p / d log beta = (n - sum gamma - beta ||t - Phi m||^2) / 2, checked by central differences
+    g = gen(31)
+    Phi = torch.randn(15, 4, generator=g, dtype=torch.float64)
+    t = torch.randn(15, generator=g, dtype=torch.float64)
+    alpha, beta = torch.rand(4, generator=g, dtype=torch.float64) + 0.2, 2.0
+    m, Sigma = svm.rvm_posterior(Phi, t, alpha, beta)
+    gam = 1 - alpha * torch.diagonal(Sigma)
+    h = 1e-6
+    for i in range(4):
+        up, down = alpha.clone(), alpha.clone()
+        up[i], down[i] = alpha[i] * math.exp(h), alpha[i] * math.exp(-h)
+        fd = (svm.rvm_log_evidence(Phi, t, up, beta) - svm.rvm_log_evidence(Phi, t, down, beta)) / (2 * h)
+        assert fd == pytest.approx(0.5 * float(gam[i] - alpha[i] * m[i] ** 2), abs=1e-6)
+    fd = (svm.rvm_log_evidence(Phi, t, alpha, beta * math.exp(h))
+          - svm.rvm_log_evidence(Phi, t, alpha, beta * math.exp(-h))) / (2 * h)
+    resid = float(((t - Phi @ m) ** 2).sum())
+    assert fd == pytest.approx(0.5 * (15 - float(gam.sum()) - beta * resid), abs=1e-6)
+
+
+def test_rvm_is_sparse_raises_the_evidence_and_predicts_sinc():
+    X, t = _sinc(50, 32)
+    rvm = svm.RelevanceVectorRegressor(gamma=0.1).fit(X, t)
+    ev = np.array(rvm.log_evidence_)
+    assert rvm.converged_ and np.all(np.diff(ev) >= -1e-9 * abs(ev[-1]))   # monotone evidence
+    assert len(rvm.support_) <= 10 and len(rvm.dual_coef_) == len(rvm.support_)
+    grid = torch.linspace(-9, 9, 200, dtype=torch.float64)[:, None]
+    mean, std = rvm.predict(grid, return_std=True)
+    assert float(((mean - torch.sinc(grid[:, 0] / math.pi)) ** 2).mean().sqrt()) < 0.1
+    assert bool((std >= rvm.beta_ ** -0.5 - 1e-12).all())                  # noise is the floor
+    assert 0.05 < rvm.beta_ ** -0.5 < 0.2                                   # the noise level, 0.1
+    mean_np, std_np = rvm.predict(grid.numpy(), return_std=True)
+    assert isinstance(std_np, np.ndarray) and np.allclose(mean_np, mean.numpy())
+
+
+def test_rvm_follows_scikit_learn_conventions_and_rejects_bad_input():
+    from sklearn.base import clone
+    from sklearn.model_selection import cross_val_score
+
+    X, t = _sinc(30, 33)
+    model = svm.RelevanceVectorRegressor(gamma=0.2, alpha_max=1e5)
+    assert clone(model).get_params() == model.get_params()
+    assert cross_val_score(model, X.numpy(), t.numpy(), cv=3).mean() > 0.5
+    with pytest.raises(ValueError, match="unknown kernel"):
+        svm.RelevanceVectorRegressor(kernel="sigmoid").fit(X, t)
+    with pytest.raises(TypeError, match="bias must be True or False"):
+        svm.RelevanceVectorRegressor(bias=1).fit(X, t)
+    with pytest.raises(ValueError, match="alpha_max"):
+        svm.RelevanceVectorRegressor(alpha_max=-1.0).fit(X, t)
+    with pytest.raises(ValueError, match="30 rows but y has 29"):
+        model.fit(X, t[:-1])
+    with pytest.raises(ValueError, match="NaN"):
+        model.fit(X, t.clone().fill_(float("nan")))
+    with pytest.raises(NotFittedError):
+        svm.RelevanceVectorRegressor().predict(X)
+    with pytest.raises(ValueError, match="alpha must be positive"):
+        svm.rvm_posterior(torch.ones(3, 2, dtype=torch.float64), t64([1.0, 2.0, 3.0]), t64([1.0, 0.0]), 1.0)
+
+
+# ------------------------------------------------------------------------------- ranking SVM
+
+def _ranking_data(n_queries, seed, m=10, d=4):
+    g = gen(seed)
+    w = torch.tensor([1.0, -2.0, 0.5, 0.0], dtype=torch.float64)[:d]
+    X = torch.randn(n_queries * m, d, generator=g, dtype=torch.float64)
+    u = X @ w + 0.3 * torch.randn(len(X), generator=g, dtype=torch.float64)
+    y = torch.bucketize(u, t64([-1.0, 1.0])).to(torch.float64)              # grades 0, 1, 2
+    return X, y, torch.arange(n_queries).repeat_interleave(m), w
+
+
+def test_ranking_pairs_and_pairwise_accuracy():
+    y, groups = t64([2.0, 0.0, 1.0, 1.0]), torch.tensor([0, 0, 0, 1])
+    assert sorted(map(tuple, svm.ranking_pairs(y).tolist())) == [(0, 1), (0, 2), (0, 3), (2, 1), (3, 1)]
+    assert sorted(map(tuple, svm.ranking_pairs(y, groups).tolist())) == [(0, 1), (0, 2), (2, 1)]
+    assert svm.pairwise_accuracy(t64([3.0, 1.0, 2.0, 0.0]), y) == pytest.approx(0.8)   # (3, 1) wrong
+    assert svm.pairwise_accuracy(t64([0.0, 0.0, 0.0, 0.0]), y) == pytest.approx(0.5)   # ties: half
+    with pytest.raises(ValueError, match="no pair"):
+        svm.pairwise_accuracy(t64([1.0, 2.0]), t64([1.0, 1.0]))
+    with pytest.raises(ValueError, match="groups must have one entry"):
+        svm.ranking_pairs(y, torch.tensor([0, 1]))
+
+
+def test_rank_svm_matches_linear_svc_on_the_pairs():
+    from sklearn.svm import LinearSVC
+
+    X, y, q, w_true = _ranking_data(4, 34)
+    rank = svm.RankSVM(C=0.5).fit(X, y, groups=q)
+    P = svm.ranking_pairs(y, q)
+    D = (X[P[:, 0]] - X[P[:, 1]]).numpy()
+    s = np.where(np.arange(len(D)) % 2 == 0, 1.0, -1.0)                     # flip half: two classes
+    ref = LinearSVC(C=0.5, loss="hinge", fit_intercept=False, tol=1e-10, max_iter=1_000_000).fit(D * s[:, None], s)
+    np.testing.assert_allclose(rank.coef_.numpy(), ref.coef_[0], atol=1e-4)
+    assert abs(rank.svc_.intercept_) < 1e-4                                  # zero by symmetry
+    assert rank.n_pairs_ == len(P)
+    Xt, yt, qt, _ = _ranking_data(10, 35)
+    assert rank.score(Xt, yt, qt) > 0.9
+
+
+def test_rank_svm_rejects_bad_input():
+    X, y, q, _ = _ranking_data(2, 36)
+    with pytest.raises(ValueError, match="nothing to rank"):
+        svm.RankSVM().fit(X, torch.ones(len(X), dtype=torch.float64))
+    with pytest.raises(ValueError, match="C must be"):
+        svm.RankSVM(C=0.0).fit(X, y)
+    with pytest.raises(ValueError, match="rows but y has"):
+        svm.RankSVM().fit(X, y[:-1])
+    with pytest.raises(NotFittedError):
+        svm.RankSVM().decision_function(X)
+
+
+# ------------------------------------------------------------------- network on the hinge loss
+
+def test_hinge_network_separates_two_blobs_and_checks_its_input():
+    torch.manual_seed(0)
+    g = gen(37)
+    X = torch.cat([torch.randn(40, 2, generator=g, dtype=torch.float64) - 2,
+                   torch.randn(40, 2, generator=g, dtype=torch.float64) + 2])
+    y = torch.cat([torch.zeros(40), torch.ones(40)])
+    net = svm.hinge_network(X, y, hidden=(8,), steps=150, generator=gen(38), device="cpu")
+    with torch.no_grad():
+        f = net(X.float())[:, 0]
+    assert float(((f > 0).float() == y).float().mean()) > 0.95
+    assert float(svm.hinge_loss(torch.where(y > 0, 1.0, -1.0) * f.double()).mean()) < 0.2
+    with pytest.raises(ValueError, match="hidden"):
+        svm.hinge_network(X, y, hidden=(0,))
+    with pytest.raises(ValueError, match="exactly two classes"):
+        svm.hinge_network(X, torch.arange(80.0) % 3)

@@ -30,8 +30,8 @@ from sklearn.base import BaseEstimator
 from . import _checks
 from .device import get_device
 
-__all__ = ["ComponentFamily", "BernoulliFamily", "EMResult", "e_step", "lower_bound", "em",
-           "mixture_log_prob", "BernoulliMixture"]
+__all__ = ["ComponentFamily", "BernoulliFamily", "GaussianFamily", "EMResult", "e_step", "lower_bound",
+           "em", "mixture_log_prob", "BernoulliMixture", "GaussianMixture", "shared_variance_step"]
 
 
 class ComponentFamily:
@@ -107,6 +107,84 @@ class BernoulliFamily(ComponentFamily):
         return int(params.numel())
 
 
+@dataclass
+class GaussianFamily(ComponentFamily):
+    r"""Gaussian components :math:`\mathcal N(x \mid \mu_k, \Sigma_k)` with full covariances.
+
+    ``params`` is ``(means (K, d), covariances (K, d, d))``. The M step is the weighted mean and
+    covariance of page ``mixtures`` (equation ``mix-m-step``) plus ``reg_covar`` on the diagonal,
+    scikit-learn's ridge, which keeps every covariance invertible when a component shrinks onto
+    a few points. With ``reg_covar > 0`` the step maximises the weighted log-likelihood minus
+    ``reg_covar/2 tr(Sigma_k^{-1})`` per point, so EM is monotone in that penalised likelihood;
+    with ``reg_covar = 0`` it is the exact M step.
+    """
+
+    reg_covar: float = 1e-6
+
+    def __post_init__(self):
+        self.reg_covar = _checks.real(self.reg_covar, "reg_covar", nonnegative=True)
+
+    def init(self, X, n_components, generator):
+        # K distinct rows of X as means, every covariance the data's
+        rows = torch.randperm(X.shape[0], generator=generator)[:n_components].to(X.device)
+        cov = torch.cov(X.T, correction=0).reshape(X.shape[1], X.shape[1])
+        eye = torch.eye(X.shape[1], dtype=X.dtype, device=X.device)
+        return X[rows].clone(), (cov + self.reg_covar * eye).expand(n_components, -1, -1).clone()
+
+    def log_prob(self, X, params):
+        means, covs = params                                   # (K, d), (K, d, d)
+        chol, info = torch.linalg.cholesky_ex(covs)            # (K, d, d)
+        if bool((info != 0).any()):
+            raise ValueError("a covariance is not positive definite: raise reg_covar")
+        diff = (X[None, :, :] - means[:, None, :]).transpose(1, 2)           # (K, d, n)
+        z = torch.linalg.solve_triangular(chol, diff, upper=False)            # (K, d, n)
+        half_logdet = torch.diagonal(chol, dim1=1, dim2=2).log().sum(1)      # (K,)
+        d = X.shape[1]
+        return (-0.5 * z.square().sum(1) - half_logdet[:, None]
+                - 0.5 * d * math.log(2 * math.pi)).T                          # (n, K)
+
+    def m_step(self, X, resp, params):
+        old_means, old_covs = params
+        counts = resp.sum(0)                                   # (K,)
+        means = (resp.T @ X) / counts.clamp_min(1e-12)[:, None]               # (K, d)
+        diff = X[None, :, :] - means[:, None, :]                              # (K, n, d)
+        covs = torch.einsum("nk,kni,knj->kij", resp, diff, diff) / counts.clamp_min(1e-12)[:, None, None]
+        covs = covs + self.reg_covar * torch.eye(X.shape[1], dtype=X.dtype, device=X.device)
+        alive = counts > 1e-12                                 # an empty component keeps its parameters
+        means = torch.where(alive[:, None], means, old_means)
+        covs = torch.where(alive[:, None, None], covs, old_covs)
+        return means, covs
+
+    def sample(self, params, components, generator):
+        means, covs = params
+        eps = torch.randn(len(components), means.shape[1], generator=generator, dtype=means.dtype)
+        chol = torch.linalg.cholesky(covs)[components]        # (m, d, d)
+        return means[components] + (chol @ eps.to(means.device)[:, :, None])[:, :, 0]
+
+    def n_parameters(self, params) -> int:
+        K, d = params[0].shape
+        return int(K * d + K * d * (d + 1) // 2)
+
+
+def shared_variance_step(X: torch.Tensor, means: torch.Tensor, variance: float
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One EM step for equal weights and a fixed shared covariance ``variance * I`` (page ``mixtures``).
+
+    Returns the responsibilities ``(n, K)``, a softmax of ``-||x_i - mu_k||^2 / (2 variance)``
+    over k, and the new means ``(K, d)``. As ``variance -> 0`` the responsibilities become the
+    nearest-mean indicators and the step becomes one iteration of Lloyd's k-means (equation
+    ``mix-kmeans-limit``).
+    """
+    X = _checks.tensor(X, "X", ndim=2, floating=True)
+    means = _checks.tensor(means, "means", ndim=2, last_dim=X.shape[1], floating=True)
+    variance = _checks.real(variance, "variance", positive=True)
+    sq = (X * X).sum(1)[:, None] + (means * means).sum(1)[None, :] - 2 * X @ means.T   # (n, K)
+    resp = torch.softmax(-sq.clamp_min(0) / (2 * variance), dim=1)
+    counts = resp.sum(0)
+    new = torch.where(counts[:, None] > 0, (resp.T @ X) / counts.clamp_min(1e-300)[:, None], means)
+    return resp, new
+
+
 def mixture_log_prob(family: ComponentFamily, X: torch.Tensor, log_weights: torch.Tensor,
                      params) -> torch.Tensor:
     r"""Per-row :math:`\log p(x_i) = \operatorname{logsumexp}_k [\log\pi_k + \log p(x_i\mid\theta_k)]`."""
@@ -146,11 +224,14 @@ class EMResult:
 
 
 def em(family: ComponentFamily, X: torch.Tensor, n_components: int, *, max_iter: int = 100,
-       tol: float = 1e-6, generator: torch.Generator | None = None) -> EMResult:
+       tol: float = 1e-6, generator: torch.Generator | None = None,
+       init: tuple[torch.Tensor, object] | None = None) -> EMResult:
     """Run EM from the family's initialisation until the mean log-likelihood gains less than ``tol``.
 
-    ``history[t]`` is the mean log-likelihood of the parameters before the (t+1)-th M step;
-    it never decreases (up to rounding), which the unit tests check.
+    ``init=(log_weights, params)`` starts from given parameters instead (to compare with another
+    implementation from the same start). ``history[t]`` is the mean log-likelihood of the
+    parameters before the (t+1)-th M step; it never decreases (up to rounding), which the unit
+    tests check.
     """
     n_components = _checks.integer(n_components, "n_components", minimum=1)
     max_iter = _checks.integer(max_iter, "max_iter", minimum=1)
@@ -158,9 +239,15 @@ def em(family: ComponentFamily, X: torch.Tensor, n_components: int, *, max_iter:
     if n_components > X.shape[0]:
         raise ValueError(f"n_components={n_components} exceeds the number of rows {X.shape[0]}")
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    params = family.init(X, n_components, generator)
-    log_weights = torch.full((n_components,), -math.log(n_components), dtype=X.dtype,
-                             device=X.device)
+    if init is None:
+        params = family.init(X, n_components, generator)
+        log_weights = torch.full((n_components,), -math.log(n_components), dtype=X.dtype,
+                                 device=X.device)
+    else:
+        log_weights, params = init
+        log_weights = _checks.tensor(log_weights, "log_weights", ndim=1, floating=True)
+        if len(log_weights) != n_components:
+            raise ValueError(f"init has {len(log_weights)} weights for n_components={n_components}")
     history: list[float] = []
     converged = False
     for it in range(max_iter):
@@ -255,3 +342,86 @@ class BernoulliMixture(BaseEstimator):
         comps = torch.multinomial(self.weights_.cpu(), n_samples, replacement=True,
                                   generator=generator).to(self.means_.device)
         return self.family_.sample(self.means_, comps, generator), comps
+
+
+class GaussianMixture(BaseEstimator):
+    """Mixture of full-covariance Gaussians fitted by :func:`em` with :class:`GaussianFamily`.
+
+    The parameters follow scikit-learn's ``GaussianMixture`` where they overlap: ``n_components``,
+    ``tol`` (on the gain of the mean log-likelihood), ``reg_covar``, ``max_iter``,
+    ``random_state``, and ``weights_init`` / ``means_init`` / ``covariances_init`` to start from
+    given parameters (all three together). Fitted attributes: ``weights_``, ``means_``,
+    ``covariances_``, ``history_`` (mean log-likelihood per iteration), ``lower_bound_``,
+    ``n_iter_``, ``converged_``. ``score`` is the mean log-likelihood in nats.
+    """
+
+    def __init__(self, n_components: int = 1, *, tol: float = 1e-6, reg_covar: float = 1e-6,
+                 max_iter: int = 100, random_state: int | None = None, weights_init=None,
+                 means_init=None, covariances_init=None, device=None):
+        self.n_components = n_components
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.random_state = random_state
+        self.weights_init = weights_init
+        self.means_init = means_init
+        self.covariances_init = covariances_init
+        self.device = device
+
+    def _start(self, X):
+        given = [self.weights_init is not None, self.means_init is not None,
+                 self.covariances_init is not None]
+        if not any(given):
+            return None
+        if not all(given):
+            raise ValueError("give weights_init, means_init and covariances_init together, or none")
+        K, d = _checks.integer(self.n_components, "n_components", minimum=1), X.shape[1]
+        w = torch.as_tensor(self.weights_init, dtype=X.dtype, device=X.device)
+        mu = torch.as_tensor(self.means_init, dtype=X.dtype, device=X.device)
+        cov = torch.as_tensor(self.covariances_init, dtype=X.dtype, device=X.device)
+        if w.shape != (K,) or mu.shape != (K, d) or cov.shape != (K, d, d):
+            raise ValueError(f"the initial parameters must have shapes ({K},), ({K}, {d}) and "
+                             f"({K}, {d}, {d}); got {tuple(w.shape)}, {tuple(mu.shape)}, {tuple(cov.shape)}")
+        if not bool((w > 0).all()) or abs(float(w.sum()) - 1) > 1e-8:
+            raise ValueError("weights_init must be positive and sum to 1")
+        return w.log(), (mu.clone(), cov.clone())
+
+    def fit(self, X, y=None) -> "GaussianMixture":
+        X = _checks.features(X, "X", device=get_device(self.device))
+        seed = 0 if self.random_state is None else _checks.integer(self.random_state,
+                                                                   "random_state", minimum=0)
+        self.family_ = GaussianFamily(self.reg_covar)
+        result = em(self.family_, X, self.n_components, max_iter=self.max_iter, tol=self.tol,
+                    generator=torch.Generator().manual_seed(seed), init=self._start(X))
+        self.n_features_in_ = X.shape[1]
+        self.log_weights_ = result.log_weights
+        self.weights_ = result.log_weights.exp()
+        self.means_, self.covariances_ = result.params
+        self.history_ = result.history
+        self.lower_bound_ = result.history[-1]
+        self.n_iter_ = result.n_iter
+        self.converged_ = result.converged
+        return self
+
+    def _X(self, X) -> torch.Tensor:
+        if not hasattr(self, "means_"):
+            raise RuntimeError("this GaussianMixture is not fitted yet; call fit(X) first")
+        return _checks.features(X, "X", n_features=self.n_features_in_, device=self.means_.device)
+
+    def score_samples(self, X) -> torch.Tensor:
+        """Log-likelihood of every row in nats, ``(n,)``."""
+        X = self._X(X)
+        return mixture_log_prob(self.family_, X, self.log_weights_, (self.means_, self.covariances_))
+
+    def score(self, X, y=None) -> float:
+        """Mean log-likelihood per row, in nats."""
+        return float(self.score_samples(X).mean())
+
+    def predict_proba(self, X) -> torch.Tensor:
+        """Responsibilities (posterior over components), ``(n, K)``."""
+        X = self._X(X)
+        return e_step(self.family_, X, self.log_weights_, (self.means_, self.covariances_))[0]
+
+    def predict(self, X) -> torch.Tensor:
+        """The most responsible component of every row."""
+        return self.predict_proba(X).argmax(1)

@@ -40,7 +40,9 @@ __all__ = ["zero_one_loss", "hinge_loss", "logistic_loss", "LOSSES", "epsilon_in
            "primal_objective", "dual_objective", "svr_dual_objective", "smo", "smo_svr", "smo_nu",
            "smo_one_class", "SMOResult", "platt_fit", "platt_proba", "LinearSVM", "SVC", "NuSVC",
            "SVR", "OneClassSVM", "OneVsRest", "OneVsOne", "moons", "draw_margins",
-           "check_smo_step", "poly2_features"]
+           "check_smo_step", "poly2_features", "rvm_posterior", "rvm_log_evidence",
+           "RelevanceVectorRegressor", "ranking_pairs", "pairwise_accuracy", "RankSVM",
+           "hinge_network"]
 
 
 # ---------------------------------------------------------------------------------------- losses
@@ -1011,3 +1013,277 @@ def poly2_features(X: torch.Tensor, c: float = 1.0) -> torch.Tensor:
     u1, u2 = X[:, 0], X[:, 1]
     r2, rc = math.sqrt(2.0), math.sqrt(2.0 * c)
     return torch.stack([u1**2, u2**2, r2 * u1 * u2, rc * u1, rc * u2, torch.full_like(u1, c)], 1)
+
+
+# ----------------------------------------------------------------- relevance vector machine (RVM)
+# Page ``svm_extensions``, section "The relevance vector machine": a Bayesian linear model on the
+# kernel features phi(x) = (k(x, x_1), ..., k(x, x_n), 1) with one prior precision alpha_i per weight.
+
+def _rvm_posterior(Phi, t, alpha, beta) -> tuple[torch.Tensor, torch.Tensor, float]:
+    precision = torch.diag(alpha) + beta * Phi.T @ Phi                      # Sigma^{-1}, (M, M)
+    chol, info = torch.linalg.cholesky_ex(precision)
+    if int(info) != 0:
+        raise ValueError("the posterior precision is not positive definite (rescale the kernel)")
+    Sigma = torch.cholesky_inverse(chol)                                    # (M, M)
+    m = beta * Sigma @ (Phi.T @ t)                                          # (M,)
+    return m, Sigma, 2 * float(torch.diagonal(chol).log().sum())           # log |Sigma^{-1}|
+
+
+def _log_evidence(Phi, t, alpha, beta, m, logdet_precision) -> float:
+    n = len(t)
+    energy = beta / 2 * float(((t - Phi @ m) ** 2).sum()) + 0.5 * float((alpha * m * m).sum())
+    return 0.5 * (n * math.log(beta) - n * math.log(2 * math.pi) + float(alpha.log().sum())
+                  - logdet_precision) - energy
+
+
+def _check_rvm(Phi, t, alpha, beta):
+    Phi = _checks.tensor(Phi, "Phi", ndim=2, floating=True)
+    t = _checks.tensor(t, "t", ndim=1, floating=True)
+    alpha = _checks.tensor(alpha, "alpha", ndim=1, floating=True)
+    if len(t) != Phi.shape[0] or len(alpha) != Phi.shape[1]:
+        raise ValueError(f"Phi {tuple(Phi.shape)} needs t of length {Phi.shape[0]} and alpha of "
+                         f"length {Phi.shape[1]}, got {len(t)} and {len(alpha)}")
+    if not bool((alpha > 0).all()):
+        raise ValueError("alpha must be positive")
+    return Phi, t, alpha, _checks.real(beta, "beta", positive=True)
+
+
+def rvm_posterior(Phi: torch.Tensor, t: torch.Tensor, alpha: torch.Tensor,
+                  beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean m and covariance Sigma of the weights, eq. (svm-rvm-posterior).
+
+    Sigma = (diag(alpha) + beta Phi^T Phi)^{-1} and m = beta Sigma Phi^T t, for Phi (n, M),
+    t (n,), alpha (M,) positive and a noise precision beta > 0.
+    """
+    m, Sigma, _ = _rvm_posterior(*_check_rvm(Phi, t, alpha, beta))
+    return m, Sigma
+
+
+def rvm_log_evidence(Phi: torch.Tensor, t: torch.Tensor, alpha: torch.Tensor, beta: float) -> float:
+    """log p(t | alpha, beta), eq. (svm-rvm-evidence), through the posterior (no n x n matrix).
+
+    = (n log beta - n log 2 pi + sum_i log alpha_i - log |Sigma^{-1}|) / 2 - E(m), with
+    E(m) = beta/2 ||t - Phi m||^2 + 1/2 m^T diag(alpha) m.
+    """
+    Phi, t, alpha, beta = _check_rvm(Phi, t, alpha, beta)
+    m, _, logdet = _rvm_posterior(Phi, t, alpha, beta)
+    return _log_evidence(Phi, t, alpha, beta, m, logdet)
+
+
+class RelevanceVectorRegressor(RegressorMixin, _KernelMachine, BaseEstimator):
+    """Tipping's relevance vector machine for regression (svm-rvm-model), by type-II maximum likelihood.
+
+    Each basis function k(., x_i), and a constant one when ``bias=True``, gets a weight with prior
+    N(0, 1/alpha_i); the targets get Gaussian noise of precision beta. ``fit`` iterates the
+    re-estimation updates of the page (svm-rvm-updates): the posterior (svm-rvm-posterior), then
+    eta_i = 1 - alpha_i Sigma_ii, alpha_i = eta_i / m_i^2 and beta = (n - sum_i eta_i) / ||t - Phi m||^2
+    (the page's eta_i is Tipping's gamma_i). A basis function leaves the model as soon as its alpha
+    exceeds ``alpha_max`` (its weight is then zero to working precision). The loop stops when an
+    iteration removes nothing and moves no log alpha_i, nor log beta, by more than ``tol``.
+
+    Fitted attributes, named as for :class:`SVR` so the two compare directly: ``support_`` (indices
+    of the relevance vectors), ``support_vectors_``, ``dual_coef_`` (their posterior mean weights),
+    ``intercept_`` (the bias weight, 0 when pruned or absent); and ``alpha_``, ``beta_``,
+    ``sigma_`` (posterior covariance of the kept weights, bias last), ``log_evidence_`` (one value
+    per iteration, at the hyperparameters the iteration started from, and the final one),
+    ``n_basis_`` (the number of basis functions still in the model, at the same points),
+    ``n_iter_``, ``converged_``.
+    """
+
+    def __init__(self, *, kernel: str = "rbf", gamma: float | str = "scale", degree: int = 3,
+                 coef0: float = 0.0, bias: bool = True, tol: float = 1e-3, max_iter: int = 2000,
+                 alpha_max: float = 1e6, device=None):
+        self.kernel = kernel
+        self.gamma = gamma
+        self.degree = degree
+        self.coef0 = coef0
+        self.bias = bias
+        self.tol = tol
+        self.max_iter = max_iter
+        self.alpha_max = alpha_max
+        self.device = device
+
+    def _design(self, X: torch.Tensor, Z: torch.Tensor, with_bias: bool) -> torch.Tensor:
+        Phi = kernel_matrix(self.kernel, X, Z, **self._params())            # (n, M)
+        if with_bias:
+            Phi = torch.cat([Phi, torch.ones(len(X), 1, dtype=Phi.dtype, device=Phi.device)], 1)
+        return Phi
+
+    def fit(self, X, y) -> "RelevanceVectorRegressor":
+        self._check_kernel_params()
+        if not isinstance(self.bias, bool):
+            raise TypeError(f"bias must be True or False, got {self.bias!r}")
+        alpha_max = _checks.real(self.alpha_max, "alpha_max", positive=True)
+        X, _ = _as_input(X, get_device(self.device))
+        t = _targets(y, len(X), X.device)
+        n = len(X)
+        if n < 2:
+            raise ValueError(f"the RVM needs at least 2 samples, got {n}")
+        self._resolve_gamma(X)
+        Phi = self._design(X, X, self.bias)                                 # (n, M), M = n (+ 1)
+        keep = torch.arange(Phi.shape[1], device=X.device)                  # indices of kept columns
+        var = float(t.var())
+        alpha = torch.ones(Phi.shape[1], dtype=torch.float64, device=X.device)
+        beta = 1.0 / (0.1 * var) if var > 0 else 1.0                        # start: noise 10% of var(t)
+        history, sizes, converged = [], [], False
+        for it in range(1, self._max_iter + 1):
+            P = Phi[:, keep]
+            sizes.append(len(keep))
+            m, Sigma, logdet = _rvm_posterior(P, t, alpha, beta)
+            history.append(_log_evidence(P, t, alpha, beta, m, logdet))
+            g = (1 - alpha * torch.diagonal(Sigma)).clamp(min=0)            # eta_i in [0, 1]
+            new_alpha = g / (m * m).clamp(min=torch.finfo(m.dtype).tiny)
+            resid = float(((t - P @ m) ** 2).sum())
+            new_beta = max(n - float(g.sum()), 1e-12) / max(resid, 1e-300)
+            # (svm-rvm-updates) moved only the kept alphas; a diverging one leaves the model
+            stay = new_alpha < alpha_max
+            moved = torch.log(new_alpha[stay] / alpha[stay]).abs()
+            shift = max(float(moved.max()) if len(moved) else 0.0, abs(math.log(new_beta / beta)))
+            alpha, beta, keep = new_alpha[stay], new_beta, keep[stay]
+            if len(keep) == 0:
+                raise ValueError("every basis function was pruned: the targets look like pure noise "
+                                 "for this kernel (try another gamma)")
+            if shift < self._tol and bool(stay.all()):
+                converged = True
+                break
+        P = Phi[:, keep]
+        m, Sigma, logdet = _rvm_posterior(P, t, alpha, beta)
+        history.append(_log_evidence(P, t, alpha, beta, m, logdet))
+        is_bias = keep == n if self.bias else torch.zeros_like(keep, dtype=torch.bool)
+        self.alpha_, self.beta_, self.sigma_ = alpha, beta, Sigma
+        self.support_ = keep[~is_bias]
+        self.support_vectors_ = X[self.support_]
+        self.dual_coef_ = m[~is_bias]
+        self.intercept_ = float(m[is_bias].sum())
+        self._keep_bias = bool(is_bias.any())
+        self.log_evidence_, self.n_basis_ = history, sizes + [len(keep)]
+        self.n_iter_, self.converged_ = it, converged
+        self.n_features_in_ = X.shape[1]
+        if not converged:
+            warnings.warn(f"the RVM did not converge in {self._max_iter} iterations", RuntimeWarning)
+        return self
+
+    def predict(self, X, return_std: bool = False):
+        """Predictive mean m^T phi(x) and, with ``return_std``, the standard deviation
+        sqrt(1/beta + phi(x)^T Sigma phi(x)) of eq. (svm-rvm-predictive)."""
+        mean = self.decision_function(X)
+        if not return_std:
+            return mean
+        numpy_out = not isinstance(X, torch.Tensor)
+        Xt = _checks.features(X, n_features=self.n_features_in_, device=self.support_vectors_.device)
+        phi = self._design(Xt, self.support_vectors_, self._keep_bias)     # (n, M) in Sigma's order
+        var = 1.0 / self.beta_ + ((phi @ self.sigma_) * phi).sum(1)
+        return mean, _output(var.sqrt(), numpy_out)
+
+
+# ------------------------------------------------------------------------------------ ranking SVM
+
+def ranking_pairs(y, groups=None) -> torch.Tensor:
+    """All pairs (i, j) with y_i > y_j (and, with ``groups``, the same group): a (P, 2) long tensor.
+
+    These are the preferences of the ranking SVM (svm-rank-primal); pairs with equal y say nothing.
+    """
+    y = _targets(y, len(torch.as_tensor(y)), None)
+    i, j = torch.meshgrid(torch.arange(len(y)), torch.arange(len(y)), indexing="ij")
+    keep = y[:, None] > y[None, :]
+    if groups is not None:
+        g = torch.as_tensor(groups)
+        if g.shape != y.shape:
+            raise ValueError(f"groups must have one entry per sample ({len(y)}), got shape {tuple(g.shape)}")
+        keep &= g[:, None] == g[None, :]
+    return torch.stack([i[keep], j[keep]], 1)
+
+
+def pairwise_accuracy(scores, y, groups=None) -> float:
+    """Fraction of the pairs with y_i > y_j that the scores order correctly (ties count one half)."""
+    s = _targets(scores, len(torch.as_tensor(scores)), None)
+    pairs = ranking_pairs(y, groups)
+    if len(s) != len(torch.as_tensor(y)):
+        raise ValueError(f"scores has {len(s)} entries but y has {len(torch.as_tensor(y))}")
+    if len(pairs) == 0:
+        raise ValueError("no pair has different targets: the accuracy is undefined")
+    d = s[pairs[:, 0]] - s[pairs[:, 1]]
+    return float(((d > 0).double() + 0.5 * (d == 0).double()).mean())
+
+
+class RankSVM(BaseEstimator):
+    """Joachims' ranking SVM (svm-rank-primal): a linear score w^T x trained on preference pairs.
+
+    For every pair with y_i > y_j it asks for w^T (x_i - x_j) >= 1 - xi_ij and minimises
+    (1/2) ||w||^2 + C sum xi_ij. That is a binary SVM *without intercept* on the differences. ``fit``
+    solves it with the chapter's dual solver: :class:`SVC` (linear kernel, SMO) on the differences
+    labelled +1 together with their mirror images labelled -1, with C/2 (svm-rank-mirror); by the
+    symmetry of that set its intercept is zero at the optimum and its w is the ranking SVM's.
+
+    ``groups`` (query ids) restrict the pairs to items of the same query. Fitted attributes:
+    ``coef_`` (w), ``n_pairs_``, ``support_`` (indices of the pairs that are support vectors),
+    ``svc_`` (the fitted binary machine).
+    """
+
+    def __init__(self, C: float = 1.0, *, tol: float = 1e-6, max_iter: int = 1_000_000, device=None):
+        self.C = C
+        self.tol = tol
+        self.max_iter = max_iter
+        self.device = device
+
+    def fit(self, X, y, groups=None) -> "RankSVM":
+        C = _checks.real(self.C, "C", positive=True)
+        X, _ = _as_input(X, get_device(self.device))
+        y = _targets(y, len(X), None)
+        pairs = ranking_pairs(y, groups).to(X.device)
+        if len(pairs) == 0:
+            raise ValueError("no pair has different targets: nothing to rank")
+        D = X[pairs[:, 0]] - X[pairs[:, 1]]                                # (P, d) differences
+        Dm = torch.cat([D, -D])                                             # (2P, d) with mirrors
+        labels = torch.cat([torch.ones(len(D)), -torch.ones(len(D))]).to(X)
+        self.svc_ = SVC(C / 2, kernel="linear", tol=self.tol, max_iter=self.max_iter,
+                        device=X.device).fit(Dm, labels)
+        self.coef_ = self.svc_.coef_
+        self.n_pairs_ = len(D)
+        self.support_ = torch.unique(self.svc_.support_ % len(D))
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def decision_function(self, X):
+        """The ranking score w^T x of every row (higher ranks first)."""
+        _checks.fitted(self, "coef_")
+        numpy_out = not isinstance(X, torch.Tensor)
+        X = _checks.features(X, n_features=self.n_features_in_, device=self.coef_.device)
+        return _output(X @ self.coef_, numpy_out)
+
+    def score(self, X, y, groups=None) -> float:
+        """Pairwise accuracy of the scores on (X, y): the fraction of ordered pairs ranked right."""
+        s = self.decision_function(X)
+        return pairwise_accuracy(torch.as_tensor(s).cpu(), torch.as_tensor(y).cpu(), groups)
+
+
+# ------------------------------------------------------------- kernel machine versus network
+
+def hinge_network(X, y, *, hidden: tuple[int, ...] = (32, 32), steps: int = 1000, lr: float = 1e-2,
+                  weight_decay: float = 1e-3, batch_size: int = 256,
+                  generator: torch.Generator | None = None, device=None) -> torch.nn.Module:
+    """An MLP score f(x) trained on the SVM's data term, the mean hinge loss of y f(x) (svm-deep-objective).
+
+    The network learns its own features; ``weight_decay`` (AdamW's) stands in for ||w||^2.
+    ``y`` holds two class values (mapped to -1/+1 as in :class:`SVC`). Built from
+    ``mlbook.nets.mlp`` and trained by ``mlbook.train.train``; returns the model in eval mode,
+    on ``device``, in float32. Parameters are initialised from torch's global generator
+    (seed it with ``mlbook.seed_all``); ``generator`` shuffles the batches.
+    """
+    from .nets import mlp
+    from .train import train
+
+    hidden = tuple(_checks.integer(h, "hidden", minimum=1) for h in hidden)
+    dev = get_device(device)
+    X, _ = _as_input(X, dev)
+    _, ypm = _binary_labels(y, len(X), X.device)
+    model = mlp(X.shape[1], *hidden, 1).to(dev)
+
+    def loss_fn(net, batch):
+        x, t = batch
+        return hinge_loss(t * net(x)[:, 0]).mean()                         # mean of max(0, 1 - y f(x))
+
+    train(model, loss_fn, (X.float(), ypm.float().to(dev)), steps=steps, lr=lr,
+          batch_size=min(batch_size, len(X)), weight_decay=weight_decay, generator=generator,
+          device=dev, desc="hinge network", show_progress=False)
+    return model
