@@ -240,3 +240,245 @@ def test_task_sampling_rejects_bad_counts():
     tasks = meta.sample_sine_tasks(3, device="cpu")
     with pytest.raises(ValueError, match="2 rows of tasks but there are 3"):
         tasks(torch.zeros(2, 4, 1))
+
+
+# ------------------------------------------------------------------ the curvature of a task
+
+def test_support_hessian_matches_double_autograd_and_is_symmetric():
+    net = mlp64(hidden=(3, 3))
+    xs, ys, _, _ = small_batch()
+    H = meta.support_hessian(net, xs[0], ys[0])
+    params = list(net.parameters())
+    n = sum(p.numel() for p in params)
+    assert H.shape == (n, n)
+    torch.testing.assert_close(H, H.T, rtol=1e-12, atol=1e-12)
+    loss = (net(xs[0]) - ys[0]).pow(2).mean()
+    g = torch.cat([v.reshape(-1) for v in torch.autograd.grad(loss, params, create_graph=True)])
+    rows = [torch.cat([v.reshape(-1) for v in torch.autograd.grad(g[i], params, retain_graph=True)])
+            for i in range(n)]
+    torch.testing.assert_close(H, torch.stack(rows), rtol=1e-10, atol=1e-12)
+
+
+def test_first_order_error_is_alpha_times_hessian_times_first_order_gradient():
+    # (meta-grad) minus (meta-fomaml): g_MAML - g_FO = -alpha H_s g_FO, one task, one step.
+    net, (xs, ys, xq, yq) = mlp64(hidden=(4, 4)), small_batch(n_tasks=1)
+    alpha = 0.1
+
+    def flat_grad(first_order):
+        loss = meta.maml_loss(net, (xs, ys, xq, yq), inner_lr=alpha, first_order=first_order)
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(net.parameters()))])
+
+    g2, g1 = flat_grad(False), flat_grad(True)
+    H = meta.support_hessian(net, xs[0], ys[0])
+    torch.testing.assert_close(g2 - g1, -alpha * H @ g1, rtol=1e-9, atol=1e-12)
+
+
+def test_support_hessian_rejects_a_task_batch():
+    xs, ys, _, _ = small_batch()
+    with pytest.raises(ValueError, match="x must have 2 dimensions"):
+        meta.support_hessian(mlp64(), xs, ys)
+    with pytest.raises(ValueError, match="same shape"):
+        meta.support_hessian(mlp64(), xs[0], ys[0][:3])
+
+
+# ------------------------------------------------------------------ few-shot classification
+
+def toy_classes(n_classes=6, per_class=12, dim=5, seed=0):
+    g = gen(seed)
+    y = torch.arange(n_classes).repeat_interleave(per_class)
+    X = torch.randn(len(y), dim, generator=g, dtype=torch.float64) + 3 * torch.nn.functional.one_hot(
+        y % dim, dim).double()
+    return X, y
+
+
+def test_episodes_shapes_labels_and_disjoint_support_and_query():
+    X, y = toy_classes()
+    X = torch.cat([X, torch.arange(len(X), dtype=torch.float64)[:, None]], 1)   # row id as a feature
+    eps = meta.Episodes(X, y, [1, 2, 4, 5], n_way=3, k_shot=2, n_query=4)
+    xs, ys, xq, yq = eps(7, generator=gen(1))
+    assert xs.shape == (7, 6, 6) and ys.shape == (7, 6) and xq.shape == (7, 12, 6) and yq.shape == (7, 12)
+    assert torch.equal(ys[0], torch.tensor([0, 0, 1, 1, 2, 2]))
+    for e in range(7):
+        s_rows, q_rows = xs[e, :, -1].long(), xq[e, :, -1].long()
+        assert not set(s_rows.tolist()) & set(q_rows.tolist())
+        for label in range(3):           # one original class per label, from the allowed ones
+            orig = set(y[torch.cat([s_rows[ys[e] == label], q_rows[yq[e] == label]])].tolist())
+            assert len(orig) == 1 and orig <= {1, 2, 4, 5}
+    again = eps(7, generator=gen(1))
+    assert all(torch.equal(a, b) for a, b in zip((xs, ys, xq, yq), again))
+
+
+def test_prototypes_are_class_means_and_logits_are_the_linear_classifier():
+    g = gen(2)
+    z = torch.randn(2, 6, 3, generator=g, dtype=torch.float64)
+    labels = torch.tensor([[0, 1, 0, 2, 1, 2], [2, 2, 1, 0, 0, 1]])
+    c = meta.prototypes(z, labels, 3)
+    torch.testing.assert_close(c[1, 2], z[1, :2].mean(0))
+    zq = torch.randn(2, 4, 3, generator=g, dtype=torch.float64)
+    logits = meta.proto_logits(zq, c)
+    linear = 2 * zq @ c.transpose(1, 2) - c.pow(2).sum(-1)[:, None, :]          # (meta-proto-linear)
+    torch.testing.assert_close(logits.softmax(-1), linear.softmax(-1), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="at least one support example"):
+        meta.prototypes(z, torch.zeros(2, 6, dtype=torch.long), 3)
+
+
+def test_proto_loss_is_the_query_cross_entropy_and_trains():
+    X, y = toy_classes()
+    eps = meta.Episodes(X.float(), y, range(6), n_way=3, k_shot=2, n_query=3)
+    batch = eps(4, generator=gen(3))
+    torch.manual_seed(0)
+    embed = torch.nn.Linear(5, 4)
+    xs, ys, xq, yq = batch
+    logits = meta.proto_logits(embed(xq), meta.prototypes(embed(xs), ys, 3))
+    want = torch.nn.functional.cross_entropy(logits.reshape(-1, 3), yq.reshape(-1))
+    torch.testing.assert_close(meta.proto_loss(embed, batch), want)
+
+
+def test_adapted_logits_with_zero_steps_are_the_networks_outputs():
+    X, y = toy_classes()
+    xs, ys, xq, _ = meta.Episodes(X.float(), y, range(6), n_way=3, k_shot=2, n_query=3)(
+        2, generator=gen(4))
+    torch.manual_seed(0)
+    net = torch.nn.Linear(5, 3)
+    torch.testing.assert_close(meta.adapted_logits(net, xs, ys, xq, inner_lr=0.5, steps=0), net(xq))
+    one = meta.adapted_logits(net, xs, ys, xq, inner_lr=0.5, steps=1)
+    for e in range(2):                   # one SGD step on each episode's support set
+        copy_ = copy.deepcopy(net)
+        opt = torch.optim.SGD(copy_.parameters(), lr=0.5)
+        torch.nn.functional.cross_entropy(copy_(xs[e]), ys[e]).backward()
+        opt.step()
+        torch.testing.assert_close(one[e], copy_(xq[e]), rtol=1e-5, atol=1e-6)
+
+
+def test_linear_head_fits_separable_support_points():
+    z_s = torch.tensor([[[0.0, 0.0], [4.0, 0.0], [0.0, 4.0]]])
+    y_s = torch.tensor([[0, 1, 2]])
+    logits = meta.linear_head_logits(z_s, y_s, z_s + 0.1, 3, steps=300)
+    assert logits.shape == (1, 3, 3)
+    assert torch.equal(logits.argmax(-1), y_s)
+    assert meta.episode_accuracy(logits, y_s).item() == 1.0
+
+
+def test_check_proto_logits_passes_a_right_answer_and_fails_wrong_ones(capsys):
+    assert meta.check_proto_logits(meta.proto_logits)
+    assert not meta.check_proto_logits(lambda zq, c: -torch.cdist(zq, c))          # not squared
+    assert not meta.check_proto_logits(lambda zq, c: torch.cdist(zq, c).pow(2))    # wrong sign
+    assert not meta.check_proto_logits(lambda zq, c: zq @ c.transpose(1, 2))       # dot product
+    assert "squared" in capsys.readouterr().out
+
+
+def test_episodes_reject_bad_arguments():
+    X, y = toy_classes()
+    with pytest.raises(ValueError, match="at least 4 classes"):
+        meta.Episodes(X, y, [0, 1, 2], n_way=4, k_shot=1, n_query=1)
+    with pytest.raises(ValueError, match="class 0 has 12 examples"):
+        meta.Episodes(X, y, range(6), n_way=2, k_shot=10, n_query=5)
+    with pytest.raises(ValueError, match="same number of rows"):
+        meta.Episodes(X, y[:-1], range(6), n_way=2, k_shot=1, n_query=1)
+    with pytest.raises(ValueError, match="n_way must be >= 2"):
+        meta.Episodes(X, y, range(6), n_way=1, k_shot=1, n_query=1)
+    with pytest.raises(ValueError, match="do not match"):
+        meta.proto_loss(torch.nn.Linear(5, 2), (X[None].float(), y[None, :5], X[None].float(), y[None]))
+
+
+# ------------------------------------------------------------------ gradients through one step
+
+def test_meta_sgd_with_constant_step_sizes_is_maml_and_its_gradient_is_eq_meta_sgd():
+    torch.manual_seed(0)
+    model = meta.MetaSGD(meta.sine_mlp((6, 6)).double(), init=0.05)
+    batch = small_batch(n_tasks=1)
+    loss = meta.meta_sgd_loss(model, batch)
+    torch.testing.assert_close(loss, meta.maml_loss(model.net, batch, inner_lr=0.05))
+    # (meta-sgd): d L_q(phi) / d alpha = -grad L_s(theta) * grad L_q(phi), elementwise
+    xs, ys, xq, yq = batch
+    d_alpha = torch.autograd.grad(loss, list(model.alpha))
+    theta = dict(model.net.named_parameters())
+    g_s = torch.autograd.grad(meta.task_loss(model.net, theta, xs[0], ys[0]), list(theta.values()))
+    phi = {k: v - 0.05 * g for (k, v), g in zip(theta.items(), g_s)}
+    g_q = torch.autograd.grad(meta.task_loss(model.net, phi, xq[0], yq[0]), list(phi.values()))
+    for d, a, b in zip(d_alpha, g_s, g_q):
+        torch.testing.assert_close(d, -a * b, rtol=1e-10, atol=1e-12)
+
+
+def test_per_parameter_step_sizes_are_validated():
+    net, (xs, ys, _, _) = mlp64(), small_batch()
+    with pytest.raises(ValueError, match="one tensor per parameter"):
+        meta.adapt(net, xs, ys, inner_lr={"0.weight": torch.ones(8, 1)})
+    sizes = {k: torch.ones(3) for k, _ in net.named_parameters()}
+    with pytest.raises(ValueError, match="has shape"):
+        meta.adapt(net, xs, ys, inner_lr=sizes)
+    with pytest.raises(TypeError, match="MetaSGD"):
+        meta.meta_sgd_loss(net, small_batch())
+
+
+def test_flip_labels_changes_exactly_the_flipped_rows_to_another_class():
+    y = torch.arange(10).repeat(20)
+    noisy, flipped = meta.flip_labels(y, 0.4, 10, generator=gen(0))
+    assert flipped.sum().item() == 80
+    assert (noisy[flipped] != y[flipped]).all() and torch.equal(noisy[~flipped], y[~flipped])
+    assert noisy.min() >= 0 and noisy.max() <= 9
+    with pytest.raises(ValueError, match=r"fraction must be in \[0, 1\]"):
+        meta.flip_labels(y, 1.5, 10)
+
+
+def test_example_weights_are_the_clipped_normalised_gradient_inner_products():
+    g = gen(5)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).double()
+    x, x_val = torch.randn(8, 4, generator=g, dtype=torch.float64), torch.randn(6, 4, generator=g,
+                                                                              dtype=torch.float64)
+    y, y_val = torch.randint(0, 3, (8,), generator=g), torch.randint(0, 3, (6,), generator=g)
+    w = meta.example_weights(net, x, y, x_val, y_val)
+    params = list(net.parameters())
+
+    def flat_grad(loss):
+        return torch.cat([v.reshape(-1) for v in torch.autograd.grad(loss, params)])
+
+    g_val = flat_grad(torch.nn.functional.cross_entropy(net(x_val), y_val))
+    dots = torch.stack([flat_grad(torch.nn.functional.cross_entropy(net(x[i:i + 1]), y[i:i + 1]))
+                        @ g_val for i in range(8)])
+    want = dots.clamp(min=0)                                               # (meta-reweight)
+    torch.testing.assert_close(w, want / want.sum(), rtol=1e-9, atol=1e-12)
+    assert 0 < (w > 0).sum() < 8                      # both signs occur in this case
+    loss = meta.reweighted_loss(net, (x, y), x_val=x_val, y_val=y_val)
+    per = torch.nn.functional.cross_entropy(net(x), y, reduction="none")
+    torch.testing.assert_close(loss, (w * per).sum())
+
+
+def test_mixed_mlp_with_one_operation_is_the_plain_network():
+    torch.manual_seed(0)
+    mixed = meta.MixedMLP(3, 5, 4, 2).double()
+    with torch.no_grad():
+        mixed.arch.copy_(torch.tensor([[-1e4, -1e4, 0.0, -1e4], [-1e4, 0.0, -1e4, -1e4]]))
+    a, b, c = mixed.linears
+    x = torch.randn(7, 3, dtype=torch.float64)
+    want = c(torch.tanh(b(torch.relu(a(x)))))
+    torch.testing.assert_close(mixed(x), want)
+    assert mixed.chosen() == ["relu", "tanh"]
+    assert len(mixed.weights()) == 6                # the architecture weights are not among them
+    with torch.no_grad():
+        mixed.arch.zero_()                          # uniform mixture: the mean of the four
+    h = a(x)
+    mean = (h + torch.tanh(h) + torch.relu(h)) / 4
+    torch.testing.assert_close(mixed.linears[1](mean), b(mean))
+    with pytest.raises(ValueError, match="at least one hidden layer"):
+        meta.MixedMLP(3, 2)
+
+
+def test_darts_search_moves_both_levels_and_returns_the_mixture_history():
+    torch.manual_seed(0)
+    model = meta.MixedMLP(1, 4, 1)
+    x = torch.linspace(-1, 1, 32)[:, None]
+    before = [p.detach().clone() for p in model.weights()]
+
+    def mse(m, b):
+        return (m(b[0]) - b[1]).pow(2).mean()
+
+    hist = meta.darts_search(model, mse, (x, x.abs()), (x, x.abs()), steps=3, batch_size=8,
+                             generator=gen(0))
+    assert hist.shape == (3, 1, 4)
+    torch.testing.assert_close(hist.sum(-1), torch.ones(3, 1))
+    assert not torch.equal(hist[-1], torch.full((1, 4), 0.25))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.weights()))
+    with pytest.raises(TypeError, match="MixedMLP"):
+        meta.darts_search(torch.nn.Linear(1, 1), mse, (x, x), (x, x), steps=1)

@@ -25,7 +25,10 @@ from .device import get_device
 
 __all__ = ["AMPLITUDE", "PHASE", "X_RANGE", "SineTasks", "sample_sine_tasks", "task_batch",
            "predict_zero_mse", "pretrained_mse", "sine_mlp", "check_task_batch", "task_loss",
-           "adapt", "predict", "maml_loss", "reptile_loss", "pooled_loss", "fine_tune_curve"]
+           "support_hessian", "adapt", "predict", "maml_loss", "reptile_loss", "pooled_loss", "fine_tune_curve",
+           "Episodes", "prototypes", "proto_logits", "proto_loss", "adapt_classifier",
+           "maml_classifier_loss", "adapted_logits", "MetaSGD", "meta_sgd_loss", "linear_head_logits", "episode_accuracy",
+           "check_proto_logits"]
 
 AMPLITUDE = (0.1, 5.0)      # A ~ U[0.1, 5]       (Finn et al. 2017, section 5.1)
 PHASE = (0.0, math.pi)      # phase ~ U[0, pi]
@@ -143,11 +146,52 @@ def task_loss(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor
     return (functional_call(model, params, (x,)) - y).pow(2).mean()
 
 
-def adapt(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, inner_lr: float, steps: int = 1,
+def support_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The Hessian of one task's support loss in all the network's weights, shape ``(P, P)``.
+
+    ``x``, ``y``: ``(K, 1)``, one task. The weights are flattened in ``named_parameters`` order.
+    This is the matrix H_s of the MAML meta-gradient (meta-grad); alpha times its eigenvalues
+    measure how far the first-order gradient (meta-fomaml) is from the second-order one.
+    Dense: meant for the small networks of the chapter (P = 1761 for the sine network).
+    """
+    _checks.tensor(x, "x", ndim=2, last_dim=1, floating=True)
+    _checks.tensor(y, "y", ndim=2, last_dim=1, floating=True)
+    if x.shape != y.shape:
+        raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} must have the same shape (points, 1)")
+    named = [(k, v.detach()) for k, v in model.named_parameters()]
+    sizes = [v.numel() for _, v in named]
+    flat = torch.cat([v.reshape(-1) for _, v in named])
+
+    def loss(w: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(w, sizes)
+        params = {k: p.reshape(v.shape) for (k, v), p in zip(named, parts)}
+        return task_loss(model, params, x, y)
+
+    return torch.func.hessian(loss)(flat)                                      # (P, P)
+
+
+def _step_sizes(inner_lr, theta: Params):
+    """A non-negative float, or a dict of per-parameter step sizes shaped like ``theta``."""
+    if not isinstance(inner_lr, dict):
+        return _checks.real(inner_lr, "inner_lr", nonnegative=True)
+    if set(inner_lr) != set(theta):
+        raise ValueError(f"per-parameter step sizes need one tensor per parameter "
+                         f"{sorted(theta)}, got {sorted(inner_lr)}")
+    for k, v in inner_lr.items():
+        _checks.tensor(v, f"inner_lr[{k!r}]", floating=True)
+        if v.ndim and tuple(v.shape) != tuple(theta[k].shape[-v.ndim:]):
+            raise ValueError(f"inner_lr[{k!r}] has shape {tuple(v.shape)}, the parameter "
+                             f"{tuple(theta[k].shape)}")
+    return inner_lr
+
+
+def adapt(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, inner_lr, steps: int = 1,
           params: Params | None = None, first_order: bool = False) -> Params:
     """Inner loop: ``steps`` steps of gradient descent on each task's support loss, all tasks at once.
 
     Implements (meta-inner): phi_t <- phi_t - alpha grad L_t(phi_t), starting from phi_t = theta.
+    ``inner_lr`` is the step size alpha, or a dict ``name -> tensor`` of one step size per weight
+    (Meta-SGD, (meta-sgd)), multiplied elementwise with the gradient.
     ``x``, ``y``: ``(T, K, 1)``. ``params`` defaults to the model's own parameters (theta, shared
     by the tasks); returns a dict ``name -> (T, *shape)``. The result stays differentiable in theta
     (second order, (meta-grad)) unless ``first_order`` drops the inner gradients from the graph
@@ -157,9 +201,9 @@ def adapt(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, inner_lr: float
     _checks.tensor(y, "y", ndim=3, last_dim=1, floating=True)
     if x.shape != y.shape:
         raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} must have the same shape (tasks, points, 1)")
-    inner_lr = _checks.real(inner_lr, "inner_lr", nonnegative=True)
     steps = _checks.integer(steps, "steps", minimum=0)
     theta = _shared(model) if params is None else params
+    inner_lr = _step_sizes(inner_lr, theta)
     if steps == 0:
         return {k: v.expand(x.shape[0], *v.shape) for k, v in theta.items()}  # (T, *shape), no copy
     # First step from the shared theta (in_dims=None: theta is not copied per task), then per task.
@@ -167,7 +211,7 @@ def adapt(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, inner_lr: float
     return _descend(model, phi, x, y, inner_lr, steps - 1, first_order)
 
 
-def _descend(model: nn.Module, phi: Params, x: torch.Tensor, y: torch.Tensor, inner_lr: float,
+def _descend(model: nn.Module, phi: Params, x: torch.Tensor, y: torch.Tensor, inner_lr,
              steps: int, first_order: bool = False, shared: bool = False) -> Params:
     """``steps`` gradient steps on per-task parameters ``phi`` (T, *shape), vectorised over tasks.
 
@@ -179,7 +223,8 @@ def _descend(model: nn.Module, phi: Params, x: torch.Tensor, y: torch.Tensor, in
         g = per_task_grad(phi, x, y)                                          # (T, *shape) each
         if first_order:
             g = {k: v.detach() for k, v in g.items()}
-        phi = {k: phi[k] - inner_lr * g[k] for k in phi}
+        phi = {k: phi[k] - (inner_lr[k] if isinstance(inner_lr, dict) else inner_lr) * g[k]
+               for k in phi}
     return phi
 
 
@@ -234,7 +279,40 @@ def pooled_loss(model: nn.Module, batch) -> torch.Tensor:
     return (model(x) - y).pow(2).mean()
 
 
-def fine_tune_curve(model: nn.Module, batch, *, inner_lr: float = 0.01, steps: int = 10,
+class MetaSGD(nn.Module):
+    """A network and one learned inner step size per weight (Li et al. 2017), eq. (meta-sgd).
+
+    ``step_sizes()`` returns the dict ``name -> alpha`` that :func:`adapt` accepts; every alpha
+    starts at ``init`` and is trained together with the network's weights by the outer optimiser.
+    """
+
+    def __init__(self, net: nn.Module, init: float = 0.01):
+        super().__init__()
+        init = _checks.real(init, "init", nonnegative=True)
+        self.net = net
+        self.names = [k for k, _ in net.named_parameters()]
+        self.alpha = nn.ParameterList([nn.Parameter(torch.full_like(p.detach(), init))
+                                       for p in net.parameters()])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def step_sizes(self) -> Params:
+        return dict(zip(self.names, self.alpha))
+
+
+def meta_sgd_loss(model: MetaSGD, batch, *, inner_steps: int = 1) -> torch.Tensor:
+    """Meta-SGD's meta-objective: the MAML query loss (meta-maml) after inner steps whose step
+    sizes are the learned ``model.step_sizes()`` (meta-sgd); differentiable in the weights and in
+    the step sizes, whose gradient is (meta-sgd-grad)."""
+    if not isinstance(model, MetaSGD):
+        raise TypeError(f"meta_sgd_loss needs a MetaSGD model, got {type(model).__name__}")
+    xs, ys, xq, yq = check_task_batch(batch)
+    phi = adapt(model.net, xs, ys, inner_lr=model.step_sizes(), steps=inner_steps)
+    return _query_mse(model.net, phi, xq, yq)
+
+
+def fine_tune_curve(model: nn.Module, batch, *, inner_lr=0.01, steps: int = 10,
                     chunk: int = 1000) -> torch.Tensor:
     """Test-time evaluation: query MSE after 0, 1, ..., ``steps`` inner steps on the support set.
 
@@ -245,8 +323,10 @@ def fine_tune_curve(model: nn.Module, batch, *, inner_lr: float = 0.01, steps: i
     xs, ys, xq, yq = check_task_batch(batch)
     steps = _checks.integer(steps, "steps", minimum=0)
     chunk = _checks.integer(chunk, "chunk", minimum=1)
-    inner_lr = _checks.real(inner_lr, "inner_lr", nonnegative=True)
     theta = {k: v.detach() for k, v in _shared(model).items()}
+    inner_lr = _step_sizes(inner_lr, theta)
+    if isinstance(inner_lr, dict):
+        inner_lr = {k: v.detach() for k, v in inner_lr.items()}
     total = torch.zeros(steps + 1, dtype=torch.float64)
     for i in range(0, xs.shape[0], chunk):
         s_x, s_y, q_x, q_y = xs[i:i + chunk], ys[i:i + chunk], xq[i:i + chunk], yq[i:i + chunk]
@@ -257,3 +337,320 @@ def fine_tune_curve(model: nn.Module, batch, *, inner_lr: float = 0.01, steps: i
             err = (predict(model, phi, q_x) - q_y).pow(2).mean(dim=(1, 2))  # (T,) per-task MSE
             total[s] += err.sum().detach().double().cpu()
     return total / xs.shape[0]
+
+
+# ------------------------------------------------------------------ few-shot classification
+
+class Episodes:
+    """N-way K-shot classification episodes drawn from the classes ``classes`` of ``(X, y)``.
+
+    An episode picks ``n_way`` of the classes at random, relabels them ``0, ..., n_way - 1`` in a
+    random order, and draws ``k_shot`` support and ``n_query`` query examples of each, without
+    overlap. Calling ``episodes(batch_size, generator=g)`` returns ``batch_size`` episodes as
+    ``(x_s, y_s, x_q, y_q)`` with shapes ``(B, N*K, p)``, ``(B, N*K)``, ``(B, N*Q, p)``,
+    ``(B, N*Q)``, the signature :func:`mlbook.train.train` expects of its data.
+    """
+
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, classes, *, n_way: int, k_shot: int,
+                 n_query: int):
+        _checks.tensor(X, "X", ndim=2, floating=True)
+        _checks.tensor(y, "y", ndim=1)
+        if len(X) != len(y):
+            raise ValueError(f"X and y must have the same number of rows, got {len(X)} and {len(y)}")
+        self.n_way = _checks.integer(n_way, "n_way", minimum=2)
+        self.k_shot = _checks.integer(k_shot, "k_shot", minimum=1)
+        self.n_query = _checks.integer(n_query, "n_query", minimum=1)
+        self.classes = [int(c) for c in classes]
+        if len(self.classes) < self.n_way:
+            raise ValueError(f"{self.n_way}-way episodes need at least {self.n_way} classes, "
+                             f"got {len(self.classes)}")
+        self.X = X
+        self.rows = []                                    # per class: its row indices (CPU)
+        for c in self.classes:
+            rows = torch.nonzero(y.cpu() == c).flatten()
+            if len(rows) < self.k_shot + self.n_query:
+                raise ValueError(f"class {c} has {len(rows)} examples, fewer than "
+                                 f"k_shot + n_query = {self.k_shot + self.n_query}")
+            self.rows.append(rows)
+
+    def __call__(self, batch_size: int, *, generator: torch.Generator | None = None):
+        batch_size = _checks.integer(batch_size, "batch_size", minimum=1)
+        n, k, q = self.n_way, self.k_shot, self.n_query
+        support, query = [], []
+        for _ in range(batch_size):
+            chosen = torch.randperm(len(self.classes), generator=generator)[:n]   # label order
+            s, r = [], []
+            for c in chosen.tolist():
+                rows = self.rows[c][torch.randperm(len(self.rows[c]), generator=generator)]
+                s.append(rows[:k])
+                r.append(rows[k:k + q])
+            support.append(torch.cat(s))
+            query.append(torch.cat(r))
+        support, query = torch.stack(support), torch.stack(query)       # (B, N*K), (B, N*Q)
+        dev = self.X.device
+        y_s = torch.arange(n).repeat_interleave(k).expand(batch_size, -1).to(dev)
+        y_q = torch.arange(n).repeat_interleave(q).expand(batch_size, -1).to(dev)
+        return self.X[support.to(dev)], y_s, self.X[query.to(dev)], y_q
+
+
+def _check_episodes(batch, name: str = "batch"):
+    if not isinstance(batch, (tuple, list)) or len(batch) != 4:
+        raise TypeError(f"{name} must be a tuple (x_support, y_support, x_query, y_query)")
+    xs, ys, xq, yq = batch
+    _checks.tensor(xs, f"{name}.x_support", ndim=3, floating=True)
+    _checks.tensor(xq, f"{name}.x_query", ndim=3, floating=True)
+    _checks.tensor(ys, f"{name}.y_support", ndim=2)
+    _checks.tensor(yq, f"{name}.y_query", ndim=2)
+    if ys.shape != xs.shape[:2] or yq.shape != xq.shape[:2]:
+        raise ValueError(f"{name}: labels {tuple(ys.shape)}, {tuple(yq.shape)} do not match the "
+                         f"examples {tuple(xs.shape)}, {tuple(xq.shape)} (episodes, points)")
+    return xs, ys, xq, yq
+
+
+def prototypes(z: torch.Tensor, y: torch.Tensor, n_way: int) -> torch.Tensor:
+    """Class means of embedded support points: ``z`` (B, M, d), ``y`` (B, M) -> (B, N, d).
+
+    The prototype c_k of the page's prototypical-network classifier (meta-proto).
+    """
+    onehot = nn.functional.one_hot(y, n_way).to(z.dtype)                # (B, M, N)
+    counts = onehot.sum(1)                                               # (B, N)
+    if (counts == 0).any():
+        raise ValueError("every class needs at least one support example")
+    return onehot.transpose(1, 2) @ z / counts[..., None]               # (B, N, d)
+
+
+def proto_logits(z_query: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+    """Negative squared distances to the prototypes, (B, Q, d) and (B, N, d) -> (B, Q, N).
+
+    The logits of (meta-proto); equal, up to a constant per query point, to the linear
+    classifier 2 c_k . z - ||c_k||^2 of (meta-proto-linear).
+    """
+    return -torch.cdist(z_query, protos).pow(2)
+
+
+def proto_loss(embed: nn.Module, batch) -> torch.Tensor:
+    """Prototypical networks' episode loss: cross-entropy of the query labels under (meta-proto)."""
+    xs, ys, xq, yq = _check_episodes(batch)
+    n_way = int(ys.max()) + 1
+    logits = proto_logits(embed(xq), prototypes(embed(xs), ys, n_way))  # (B, N*Q, N)
+    return nn.functional.cross_entropy(logits.flatten(0, 1), yq.flatten())
+
+
+def _ce(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(functional_call(model, params, (x,)), y)
+
+
+def adapt_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, inner_lr: float,
+                     steps: int = 1, first_order: bool = True) -> Params:
+    """The inner loop (meta-inner) for classification: ``steps`` steps on each episode's
+    support cross-entropy, all episodes at once. ``x`` (B, M, p), ``y`` (B, M) -> per-episode
+    parameters ``name -> (B, *shape)``."""
+    inner_lr = _checks.real(inner_lr, "inner_lr", nonnegative=True)
+    steps = _checks.integer(steps, "steps", minimum=0)
+    phi = {k: v.expand(x.shape[0], *v.shape) for k, v in _shared(model).items()}
+    per_task_grad = vmap(grad(lambda p, xb, yb: _ce(model, p, xb, yb)))
+    for _ in range(steps):
+        g = per_task_grad(phi, x, y)
+        if first_order:
+            g = {k: v.detach() for k, v in g.items()}
+        phi = {k: phi[k] - inner_lr * g[k] for k in phi}
+    return phi
+
+
+def maml_classifier_loss(model: nn.Module, batch, *, inner_lr: float = 0.5, inner_steps: int = 5,
+                         first_order: bool = True) -> torch.Tensor:
+    """MAML's objective (meta-maml) on classification episodes: query cross-entropy after
+    ``inner_steps`` steps on the support set (first-order (meta-fomaml) by default)."""
+    xs, ys, xq, yq = _check_episodes(batch)
+    logits = adapted_logits(model, xs, ys, xq, inner_lr=inner_lr, steps=inner_steps,
+                            first_order=first_order)                        # (B, N*Q, N)
+    return nn.functional.cross_entropy(logits.flatten(0, 1), yq.flatten())
+
+
+def adapted_logits(model: nn.Module, x_s: torch.Tensor, y_s: torch.Tensor, x_q: torch.Tensor, *,
+                   inner_lr: float, steps: int, first_order: bool = True) -> torch.Tensor:
+    """Query logits (B, Q, N) of the network after ``steps`` inner steps on each episode's
+    support set ``x_s`` (B, M, p), ``y_s`` (B, M); ``x_q`` is (B, Q, p)."""
+    phi = adapt_classifier(model, x_s, y_s, inner_lr=inner_lr, steps=steps,
+                           first_order=first_order)
+    return vmap(lambda p, xb: functional_call(model, p, (xb,)))(phi, x_q)
+
+
+def linear_head_logits(z_s: torch.Tensor, y_s: torch.Tensor, z_q: torch.Tensor, n_way: int, *,
+                       steps: int = 100, lr: float = 0.5, weight_decay: float = 1e-3) -> torch.Tensor:
+    """Fit a new linear head per episode on frozen support features; return the query logits.
+
+    Multinomial logistic regression, full-batch gradient descent from zero with an L2 penalty,
+    all episodes at once: ``z_s`` (B, M, d), ``y_s`` (B, M), ``z_q`` (B, Q, d) -> (B, Q, N).
+    """
+    steps = _checks.integer(steps, "steps", minimum=1)
+    z_s, z_q = z_s.detach(), z_q.detach()
+    B, _, d = z_s.shape
+    W = torch.zeros(B, d, n_way, dtype=z_s.dtype, device=z_s.device, requires_grad=True)
+    b = torch.zeros(B, 1, n_way, dtype=z_s.dtype, device=z_s.device, requires_grad=True)
+    target = nn.functional.one_hot(y_s, n_way).to(z_s.dtype)
+    for _ in range(steps):
+        with torch.enable_grad():
+            logits = z_s @ W + b
+            loss = -(target * logits.log_softmax(-1)).sum(-1).mean(-1).sum()   # sum over episodes
+            loss = loss + weight_decay / 2 * W.pow(2).sum()
+            gW, gb = torch.autograd.grad(loss, (W, b))
+        with torch.no_grad():
+            W -= lr * gW
+            b -= lr * gb
+    return (z_q @ W + b).detach()
+
+
+def episode_accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Accuracy of each episode, ``logits`` (B, Q, N) and ``y`` (B, Q) -> (B,)."""
+    return (logits.argmax(-1) == y).to(torch.float64).mean(-1)
+
+
+def check_proto_logits(fn) -> "exercises.Verdict":
+    """Checker for the exercise that writes ``proto_logits(z_query, protos)`` (meta-proto).
+
+    ``fn`` maps query embeddings (B, Q, d) and prototypes (B, N, d) to logits (B, Q, N) equal to
+    minus the squared Euclidean distances; a plain (unsquared) distance, a positive sign or a
+    dot product fails.
+    """
+    from . import exercises
+
+    g = torch.Generator().manual_seed(0)
+    z, c = torch.randn(3, 7, 5, generator=g, dtype=torch.float64), torch.randn(3, 4, 5, generator=g,
+                                                                                dtype=torch.float64)
+    want = -((z[:, :, None, :] - c[:, None, :, :]) ** 2).sum(-1)            # (3, 7, 4)
+    near = (torch.tensor([[[0.0, 0.0]]], dtype=torch.float64),
+            torch.tensor([[[3.0, 4.0], [0.0, 1.0]]], dtype=torch.float64))  # distances 5 and 1
+    cases = [
+        exercises.Case("3 episodes, 7 queries, 4 prototypes in 5 dimensions", (z, c),
+                       lambda r: isinstance(r, torch.Tensor) and tuple(r.shape) == (3, 7, 4),
+                       "return one logit per query point and class: shape (B, Q, N)."),
+        exercises.Case("a query at the origin, prototypes at distance 5 and 1", near,
+                       lambda r: torch.allclose(r, torch.tensor([[[-25.0, -1.0]]],
+                                                                dtype=torch.float64)),
+                       "the logit is minus the *squared* distance: -25 and -1 here."),
+        exercises.Case("random queries and prototypes", (z, c),
+                       lambda r: torch.allclose(r, want, rtol=1e-9, atol=1e-9),
+                       "subtract each prototype from each query (broadcast over a new axis), "
+                       "square, sum over the last axis, negate."),
+    ]
+    return exercises.check(fn, cases, name=getattr(fn, "__name__", "your proto_logits"))
+
+
+# ------------------------------------------------------------------ learning to reweight examples
+
+def flip_labels(y: torch.Tensor, fraction: float, n_classes: int, *,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace the labels of a random ``fraction`` of the rows by a different class, uniformly.
+
+    Returns ``(noisy labels, mask of the flipped rows)``; the flipped rows never keep their label.
+    """
+    _checks.tensor(y, "y", ndim=1)
+    fraction = _checks.real(fraction, "fraction")
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    n_classes = _checks.integer(n_classes, "n_classes", minimum=2)
+    flipped = torch.zeros(len(y), dtype=torch.bool)
+    flipped[torch.randperm(len(y), generator=generator)[:round(fraction * len(y))]] = True
+    shift = torch.randint(1, n_classes, (len(y),), generator=generator)   # never 0: a new class
+    noisy = torch.where(flipped, (y.cpu() + shift) % n_classes, y.cpu())
+    return noisy.to(y.device), flipped.to(y.device)
+
+
+def example_weights(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor,
+                    y_val: torch.Tensor) -> torch.Tensor:
+    """Ren et al.'s one-step look-ahead weights of a training minibatch, eq. (meta-reweight).
+
+    Perturb every example's loss by a weight eps_i, take one gradient step
+    theta' = theta - sum_i eps_i grad l_i, and differentiate the clean validation loss at theta'
+    in eps at eps = 0: -grad l_i . grad L_val. Keep the positive part of minus that derivative
+    and normalise to sum 1 (all zero when no example helps). Returns detached weights (B,).
+    """
+    _checks.tensor(x, "x", ndim=2, floating=True)
+    _checks.tensor(x_val, "x_val", ndim=2, floating=True)
+    if len(x) != len(y) or len(x_val) != len(y_val):
+        raise ValueError("x and y (and x_val and y_val) must have the same number of rows")
+    theta = _shared(model)
+    eps = torch.zeros(len(x), dtype=x.dtype, device=x.device, requires_grad=True)
+    with torch.enable_grad():
+        losses = nn.functional.cross_entropy(functional_call(model, theta, (x,)), y,
+                                             reduction="none")                       # (B,)
+        g = torch.autograd.grad((eps * losses).sum(), list(theta.values()), create_graph=True)
+        ahead = {k: v - gi for (k, v), gi in zip(theta.items(), g)}                  # step 1
+        val = nn.functional.cross_entropy(functional_call(model, ahead, (x_val,)), y_val)
+        (d_eps,) = torch.autograd.grad(val, eps)
+    w = torch.clamp(-d_eps, min=0)
+    total = w.sum()
+    return (w / total if total > 0 else w).detach()
+
+
+def reweighted_loss(model: nn.Module, batch, *, x_val: torch.Tensor, y_val: torch.Tensor) -> torch.Tensor:
+    """The training loss with each example weighted by :func:`example_weights` (Ren et al. 2018)."""
+    x, y = batch
+    w = example_weights(model, x, y, x_val, y_val)                                     # (B,)
+    return (w * nn.functional.cross_entropy(model(x), y, reduction="none")).sum()
+
+
+# ------------------------------------------------------------------ a differentiable architecture choice
+
+OPERATIONS = {"identity": lambda h: h, "tanh": torch.tanh, "relu": torch.relu,
+              "zero": torch.zeros_like}
+
+
+class MixedMLP(nn.Module):
+    """An MLP whose every hidden activation is a DARTS mixed operation, eq. (meta-darts).
+
+    ``sizes`` as for :func:`mlbook.nets.mlp`; after each hidden linear layer the output is
+    ``sum_o softmax(gamma)_o o(h)`` over :data:`OPERATIONS`, with one row of architecture
+    weights ``gamma`` per hidden layer (``self.arch``, shape ``(layers, 4)``, starting at zero:
+    the uniform mixture).
+    """
+
+    def __init__(self, *sizes: int):
+        super().__init__()
+        if len(sizes) < 3:
+            raise ValueError(f"MixedMLP needs at least one hidden layer, got sizes {sizes}")
+        sizes = [_checks.integer(s, "sizes", minimum=1) for s in sizes]
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.arch = nn.Parameter(torch.zeros(len(sizes) - 2, len(OPERATIONS)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mix = self.arch.softmax(-1)                                   # (layers, 4)
+        for layer, linear in enumerate(self.linears[:-1]):
+            h = linear(x)
+            x = sum(m * op(h) for m, op in zip(mix[layer], OPERATIONS.values()))
+        return self.linears[-1](x)
+
+    def weights(self) -> list[nn.Parameter]:
+        return [p for name, p in self.named_parameters() if name != "arch"]
+
+    def chosen(self) -> list[str]:
+        """The operation each hidden layer keeps after the search: the largest gamma."""
+        names = list(OPERATIONS)
+        return [names[i] for i in self.arch.argmax(-1).tolist()]
+
+
+def darts_search(model: MixedMLP, loss_fn, train_data: tuple, val_data: tuple, *, steps: int,
+                 lr: float = 1e-2, arch_lr: float = 3e-2, batch_size: int = 64,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """First-order DARTS: alternate an Adam step on the weights with the training loss and an
+    Adam step on the architecture weights with the validation loss, at the current weights
+    (the first-order approximation of (meta-hypergrad)). Returns the softmax of the
+    architecture weights after every step, ``(steps, layers, 4)``.
+
+    A loop of its own because the two levels take turns; ``loss_fn(model, (x, y))``.
+    """
+    if not isinstance(model, MixedMLP):
+        raise TypeError(f"darts_search needs a MixedMLP, got {type(model).__name__}")
+    steps = _checks.integer(steps, "steps", minimum=1)
+    w_opt = torch.optim.Adam(model.weights(), lr=_checks.real(lr, "lr", positive=True))
+    a_opt = torch.optim.Adam([model.arch], lr=_checks.real(arch_lr, "arch_lr", positive=True))
+    history = []
+    for _ in range(steps):
+        for data, opt in ((train_data, w_opt), (val_data, a_opt)):
+            idx = torch.randint(len(data[0]), (batch_size,), generator=generator).to(data[0].device)
+            model.zero_grad(set_to_none=True)
+            loss_fn(model, (data[0][idx], data[1][idx])).backward()
+            opt.step()
+        history.append(model.arch.detach().softmax(-1).cpu())
+    return torch.stack(history)
