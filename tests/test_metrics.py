@@ -228,3 +228,75 @@ def test_mixture_cdf_matches_scipy_and_needs_one_dimension():
     assert torch.allclose(mix.cdf(z), torch.as_tensor(want), atol=1e-12)
     with pytest.raises(ValueError, match="1-D mixture"):
         GaussianMixture(means=[[0.0, 0.0]]).cdf(z)
+
+
+# ------------------------------------------------------------------ mode_check
+
+RING = data.gaussian_ring(k=8, radius=2.0, std=0.2)
+
+
+def test_mode_statistics_of_a_hand_made_sample():
+    mix = data.GaussianMixture([[0.0, 0.0], [10.0, 0.0]], 1.0)
+    x = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0], [10.0, 3.0]], dtype=torch.float64)
+    for assign in ("nearest", "posterior"):
+        w, s = metrics.mode_statistics(x, mix, assign=assign)
+        assert w.tolist() == pytest.approx([0.75, 0.25], abs=1e-12)
+        # mode 0: squared distances 1, 1, 4 over 3 points in d = 2; mode 1: 9 over 1 point
+        assert s.tolist() == pytest.approx([math.sqrt(6 / 6), math.sqrt(9 / 2)], abs=1e-9)
+
+
+def test_posterior_statistics_are_unbiased_for_overlapping_modes():
+    # modes one std apart: nearest-mode assignment is biased, the posterior is not
+    mix = data.GaussianMixture([[0.0], [1.0]], [1.0, 0.5], weights=[0.3, 0.7])
+    x = mix.sample(200_000, generator=gen(0)).double()
+    w, s = metrics.mode_statistics(x, mix)
+    assert w.tolist() == pytest.approx([0.3, 0.7], abs=0.005)
+    assert s.tolist() == pytest.approx([1.0, 0.5], rel=0.01)
+    w_near, _ = metrics.mode_statistics(x, mix, assign="nearest")
+    # nearest mean: x < 0.5, so mode 0 gets 0.3 Phi(0.5) + 0.7 Phi(-1) = 0.318, not 0.3
+    from scipy.stats import norm
+    assert float(w_near[0]) == pytest.approx(0.3 * norm.cdf(0.5) + 0.7 * norm.cdf(-1), abs=0.004)
+
+
+def test_exact_samples_pass_and_distorted_ones_fail():
+    g = gen(1)
+    exact = [metrics.mode_check(RING.sample(2000, generator=g), RING) for _ in range(20)]
+    assert all(c.passed for c in exact), [c for c in exact if not c]
+    wide = metrics.distorted_mixture(RING, spread=1.5)
+    light = metrics.distorted_mixture(RING, mode=3, weight=2 / 3)
+    for bad in (wide, light):
+        checks = [metrics.mode_check(bad.sample(2000, generator=g), RING) for _ in range(20)]
+        assert not any(c.passed for c in checks), [c for c in checks if c]
+    c = metrics.mode_check(wide.sample(2000, generator=g), RING)
+    assert c.spread_ratio == pytest.approx(1.5, rel=0.06) and c.weight_error < 0.2
+
+
+def test_a_collapsed_mode_fails_with_nan_spread():
+    x = RING.subset([0, 1, 2, 3, 4, 5, 6]).sample(2000, generator=gen(2))
+    c = metrics.mode_check(x, RING, assign="nearest")
+    assert not c.passed and c.weight_error == pytest.approx(1.0) and math.isnan(c.spread_ratio)
+    assert len(c.rows()) == 8 and "passed=False" in repr(c)
+
+
+def test_distorted_mixture_weights():
+    m = metrics.distorted_mixture(RING, spread=2.0, mode=2, weight=4 / 3)
+    assert float(m.weights[2]) == pytest.approx(RING.weights[2] * 4 / 3)
+    assert float(m.weights.sum()) == pytest.approx(1.0)
+    assert m.stds.tolist() == pytest.approx([0.4] * 8)
+
+
+@pytest.mark.parametrize("call, error", [
+    (lambda: metrics.mode_check(RING.sample(10).numpy(), RING), TypeError),
+    (lambda: metrics.mode_check(torch.zeros(10, 3), RING), ValueError),
+    (lambda: metrics.mode_check(torch.full((10, 2), float("nan")), RING), ValueError),
+    (lambda: metrics.mode_check(RING.sample(10), "ring"), TypeError),
+    (lambda: metrics.mode_check(RING.sample(10), RING, assign="hard"), ValueError),
+    (lambda: metrics.mode_check(RING.sample(10), RING, spread_tol=0.8), ValueError),
+    (lambda: metrics.mode_check(RING.sample(10), RING, weight_tol=-1), ValueError),
+    (lambda: metrics.distorted_mixture(RING, mode=8), ValueError),
+    (lambda: metrics.distorted_mixture(RING, weight=9.0), ValueError),
+    (lambda: metrics.distorted_mixture(data.Moons()), TypeError),
+])
+def test_mode_check_bad_input(call, error):
+    with pytest.raises(error):
+        call()

@@ -116,3 +116,135 @@ def noise_floor(metric: Callable[[torch.Tensor, torch.Tensor], float],
     values = torch.tensor([float(metric(sample(n, generator=generator), sample(n, generator=generator)))
                            for _ in range(repeats)], dtype=torch.float64)
     return float(values.mean()), float(values.std())
+
+
+# ------------------------------------------------------------------ modes of a known mixture
+
+__all__ += ["ModeCheck", "mode_check", "mode_statistics"]
+
+
+def mode_statistics(x: torch.Tensor, mixture, *, assign: str = "posterior") -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Each mode's weight and within-mode spread in the sample ``x`` (n, d), for a Gaussian mixture.
+
+    ``mixture`` is a :class:`mlbook.data.GaussianMixture` (means :math:`m_k`, stds :math:`s_k`,
+    weights :math:`w_k`). Each point is given to the modes by a responsibility :math:`r_{ik}`:
+
+    - ``assign="posterior"``: the exact posterior :math:`r_{ik} = p(k \mid x_i)` of the true mixture;
+    - ``assign="nearest"``: :math:`r_{ik} = 1` for the mode whose mean is nearest, else 0.
+
+    Returns ``(weights, spreads)``, both (K,) float64 on the CPU:
+    :math:`\hat w_k = \frac1n \sum_i r_{ik}` and the per-coordinate standard deviation around the
+    *true* mean, :math:`\hat s_k = (\sum_i r_{ik} \lVert x_i - m_k\rVert^2 / (d \sum_i r_{ik}))^{1/2}`
+    (NaN for a mode that gets no mass). A shifted mode therefore shows as a wider one.
+    With ``assign="posterior"`` the expected values under the mixture itself are exactly
+    :math:`w_k` and :math:`s_k`, since :math:`p(k \mid x)\, p(x) = w_k \mathcal N(x; m_k, s_k^2 I)`,
+    however much the modes overlap; nearest-mode assignment is exact only for well-separated modes.
+    """
+    assign = _checks.choice(assign, "assign", ("posterior", "nearest"))
+    for attr in ("means", "stds", "weights", "component_log_probs"):
+        if not hasattr(mixture, attr):
+            raise TypeError(f"mixture must be a GaussianMixture (with .{attr}), got {type(mixture).__name__}")
+    _checks.tensor(x, "x", ndim=2, floating=True, min_rows=1)
+    means = mixture.means.double()                                          # (K, d)
+    if x.shape[1] != means.shape[1]:
+        raise ValueError(f"x must have {means.shape[1]} columns like the mixture, got shape {tuple(x.shape)}")
+    x = x.detach().double().cpu()
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or infinite values")
+    sq = torch.cdist(x, means).square()                                     # (n, K)
+    if assign == "posterior":
+        r = torch.softmax(mixture.component_log_probs(x), dim=1)            # (n, K)
+    else:
+        r = torch.nn.functional.one_hot(sq.argmin(1), len(means)).double()  # (n, K)
+    mass = r.sum(0)                                                         # (K,)
+    spreads = ((r * sq).sum(0) / (x.shape[1] * mass)).sqrt()                # NaN where mass == 0
+    return mass / len(x), spreads
+
+
+class ModeCheck:
+    """The result of :func:`mode_check`: per-mode weights and spreads against the truth, and a verdict.
+
+    ``weight_error`` is the largest relative weight error :math:`\\max_k |\\hat w_k - w_k| / w_k`;
+    ``spread_ratio`` is the ratio :math:`\\hat s_k / s_k` farthest from 1 (on a log scale).
+    ``passed`` is true when ``weight_error <= weight_tol`` and
+    ``1 / spread_tol <= spread_ratio <= spread_tol``. ``rows()`` gives one table row per mode.
+    """
+
+    def __init__(self, weights, true_weights, spreads, true_spreads, weight_tol, spread_tol):
+        self.weights, self.true_weights = weights, true_weights
+        self.spreads, self.true_spreads = spreads, true_spreads
+        self.weight_tol, self.spread_tol = weight_tol, spread_tol
+        rel = (weights - true_weights).abs() / true_weights
+        ratio = spreads / true_spreads
+        self.weight_error = float(rel.max())
+        if bool(torch.isnan(ratio).any()):
+            self.spread_ratio = float("nan")
+        else:
+            self.spread_ratio = float(ratio[ratio.log().abs().argmax()])
+        self.passed = bool(self.weight_error <= weight_tol
+                           and 1 / spread_tol <= self.spread_ratio <= spread_tol)
+
+    def rows(self) -> list[list]:
+        """``[mode, weight, true weight, spread, true spread]`` for each mode (for ``report.table``)."""
+        return [[k, float(w), float(tw), float(s), float(ts)] for k, (w, tw, s, ts) in
+                enumerate(zip(self.weights, self.true_weights, self.spreads, self.true_spreads))]
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __repr__(self) -> str:
+        return (f"ModeCheck(passed={self.passed}, weight_error={self.weight_error:.3f} "
+                f"(tol {self.weight_tol:g}), spread_ratio={self.spread_ratio:.3f} "
+                f"(tol {1 / self.spread_tol:.3f}..{self.spread_tol:g}))")
+
+
+def mode_check(x: torch.Tensor, mixture, *, assign: str = "posterior", weight_tol: float = 0.2,
+               spread_tol: float = 1.2) -> ModeCheck:
+    """Judge samples ``x`` (n, d) of a known Gaussian mixture by what a reader sees: mode weights and widths.
+
+    Computes :func:`mode_statistics` and compares them with the mixture's weights and stds by
+    effect size, not by a p-value (which tightens as n grows): the check fails when some mode's
+    weight is off by more than ``weight_tol`` of itself, or some mode's spread is off by more than
+    a factor ``spread_tol``. The defaults are calibrated in the notebook ``generative_checks`` for
+    samples of about 2000 points: exact samples pass, modes 1.5 times too wide fail, a weight off
+    by a third fails. Few points per mode (under ~100) make the weights too noisy for 0.2.
+    With ``assign="nearest"`` the modes must be well separated (see :func:`mode_statistics`).
+    """
+    weight_tol = _checks.real(weight_tol, "weight_tol", positive=True)
+    spread_tol = _checks.real(spread_tol, "spread_tol", positive=True)
+    if spread_tol <= 1:
+        raise ValueError(f"spread_tol is a factor and must be > 1, got {spread_tol}")
+    weights, spreads = mode_statistics(x, mixture, assign=assign)
+    return ModeCheck(weights, mixture.weights.double().cpu(), spreads, mixture.stds.double().cpu(),
+                     weight_tol, spread_tol)
+
+
+def distorted_mixture(mixture, *, spread: float = 1.0, mode: int = 0, weight: float = 1.0):
+    """A copy of a Gaussian mixture with every std times ``spread`` and mode ``mode``'s weight times ``weight``.
+
+    The other weights are scaled together so that the weights still sum to one, so mode ``mode``'s
+    weight is exactly ``weight`` times the original. The samples a too-blurry or mis-weighted model
+    would draw: what :func:`mode_check` must reject.
+    """
+    from .data import GaussianMixture
+
+    if not isinstance(mixture, GaussianMixture):
+        raise TypeError(f"mixture must be a GaussianMixture, got {type(mixture).__name__}")
+    spread = _checks.real(spread, "spread", positive=True)
+    weight = _checks.real(weight, "weight", nonnegative=True)
+    k = len(mixture.weights)
+    mode = _checks.integer(mode, "mode", minimum=0)
+    if mode >= k:
+        raise ValueError(f"mode must be in 0..{k - 1}, got {mode}")
+    w = mixture.weights.clone()
+    target = float(w[mode]) * weight
+    if target > 1 or (k == 1 and weight != 1):
+        raise ValueError(f"mode {mode}'s weight {float(w[mode]):.3f} times {weight} is not a valid weight")
+    rest = 1 - float(w[mode])
+    if k > 1:
+        w = w * ((1 - target) / rest)
+    w[mode] = target
+    return GaussianMixture(mixture.means, mixture.stds * spread, w)
+
+
+__all__ += ["distorted_mixture"]
