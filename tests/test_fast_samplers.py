@@ -663,3 +663,124 @@ def test_heun_edm_rejects_other_processes_bad_grids_and_negative_churn():
             sampling.sample_ddim(ms, EDM_P, x, ts)
     with pytest.raises(ValueError):
         sampling.sample_heun_edm(ms, EDM_P, x, EDM_P.time_grid(4), churn=-1.0)
+
+
+# ------------------------------------------------------------------ the churn window S_tmin, S_tmax
+
+def test_heun_edm_churn_window_adds_no_noise_outside_it():
+    x = p_sigma_draws(40, 80.0, seed=41)
+    ts = EDM_P.time_grid(10)
+    ms = MixtureScore(GAUSS, EDM_P)
+
+    def path(**kwargs):
+        return sampling.trajectory(sampling.sample_heun_edm, ms, EDM_P, x, ts, generator=gen(3), **kwargs)
+
+    plain = path()
+    # the default window holds every level: the same output as naming [0, inf] explicitly
+    assert torch.equal(path(churn=5.0), path(churn=5.0, s_tmin=0.0, s_tmax=math.inf))
+    # an empty window (all levels above s_tmax): no noise is added at all, the deterministic path
+    assert torch.equal(path(churn=5.0, s_tmax=1e-4), plain)
+    # window [0, 1]: every step from a level above 1 is the deterministic one; the first step from
+    # a level inside the window differs
+    windowed = path(churn=5.0, s_tmin=0.0, s_tmax=1.0)
+    first_inside = int((ts[:-1] <= 1.0).nonzero()[0])
+    assert first_inside > 0
+    assert torch.equal(windowed[: first_inside + 1], plain[: first_inside + 1])
+    assert not torch.allclose(windowed[first_inside + 1], plain[first_inside + 1])
+
+
+def test_heun_edm_churn_window_by_hand_on_the_gaussian():
+    ts = [2.0, 1.0, 0.5, 0.0]
+    x = p_sigma_draws(30, 2.0, seed=42)
+    out = sampling.sample_heun_edm(gauss_score, EDM_P, x, t64(ts), churn=0.9, s_tmin=0.8, s_tmax=1.5,
+                                   generator=gen(7))
+    g, gamma = gen(7), min(0.9 / 3, math.sqrt(2) - 1)
+    y = x
+    for t, s in zip(ts[:-1], ts[1:]):
+        t_hat = t * (1 + gamma) if 0.8 <= t <= 1.5 else t
+        if t_hat > t:
+            y = y + math.sqrt(t_hat**2 - t**2) * torch.randn(y.shape, generator=g, dtype=torch.float64)
+        y = MU + (y - MU) * heun_factor(t_hat, s)
+    torch.testing.assert_close(out, y, rtol=1e-12, atol=1e-12)
+
+
+def test_heun_edm_rejects_a_bad_churn_window():
+    x = p_sigma_draws(4, 80.0, seed=43)
+    ms = MixtureScore(GAUSS, EDM_P)
+    for bad in ({"s_tmin": 2.0, "s_tmax": 1.0}, {"s_tmin": -1.0}, {"s_tmax": float("nan")}):
+        with pytest.raises(ValueError):
+            sampling.sample_heun_edm(ms, EDM_P, x, EDM_P.time_grid(4), churn=1.0, **bad)
+    with pytest.raises(TypeError):
+        sampling.sample_heun_edm(ms, EDM_P, x, EDM_P.time_grid(4), churn=1.0, s_tmax="big")
+
+
+# ------------------------------------------------------------------ an epsilon model as an EDM denoiser
+
+@pytest.mark.parametrize("process", [VP(), diffusion.VE(sigma_min=0.01, sigma_max=50.0)], ids=["VP", "VE"])
+def test_denoiser_from_eps_is_the_closed_form_gaussian_denoiser(process):
+    # the exact epsilon model of N(MU, S^2 I) on the training path, wrapped, is the EDM denoiser
+    # D(x; sigma) = mu + s^2 / (s^2 + sigma^2) (x - mu) of the unscaled coordinates
+    den = diffusion.denoiser_from_eps(MixtureScore(GAUSS, process).eps, process)
+    for sigma in (0.02, 0.5, 3.0, 40.0):
+        x = p_sigma_draws(64, sigma, seed=44)
+        torch.testing.assert_close(den(x, sigma), gauss_denoiser(x, sigma), rtol=1e-9, atol=1e-9)
+    sig = t64([0.05, 1.0, 20.0, 2.0])                      # one level per sample
+    x = p_sigma_draws(4, 1.0, seed=45)
+    torch.testing.assert_close(den(x, sig), gauss_denoiser(x, sig), rtol=1e-9, atol=1e-9)
+
+
+def test_denoiser_from_eps_drives_the_edm_sampler_to_the_data():
+    vp = VP()
+    den = diffusion.denoiser_from_eps(MixtureScore(GAUSS, vp).eps, vp)
+    edm = EDM(sigma_min=0.02, sigma_max=100.0)
+    x = p_sigma_draws(2000, 100.0, seed=46)
+    out = sampling.sample_heun_edm(diffusion.score_from_denoiser(den, edm), edm, x, edm.time_grid(40))
+    assert (out.mean(0) - MU).abs().max() < 0.05
+    assert (out.std(0) - S).abs().max() < 0.03
+
+
+def test_time_at_noise_level_inverts_the_noise_to_signal_ratio_and_rejects_bad_input():
+    vp = VP()
+    sig = t64([1e-3, 0.3, 1.0, 10.0, 100.0])
+    t = diffusion.time_at_noise_level(vp, sig)
+    torch.testing.assert_close(vp.sigma(t) / vp.alpha(t), sig, rtol=1e-10, atol=0.0)
+    assert torch.equal(diffusion.time_at_noise_level(EDM_P, sig), sig)
+    with pytest.raises(ValueError):
+        diffusion.time_at_noise_level(vp, 1e4)              # beyond sigma(1) / alpha(1)
+    with pytest.raises(TypeError):
+        diffusion.time_at_noise_level(diffusion.DDPM.linear(), 1.0)
+    with pytest.raises(TypeError):
+        diffusion.denoiser_from_eps(lambda x, t: x, diffusion.DDPM.linear())
+    with pytest.raises(TypeError):
+        diffusion.denoiser_from_eps("not callable", vp)
+
+
+# ------------------------------------------------------------------ the 2x2 of input scaling and target
+
+class _Recorder(torch.nn.Module):
+    """Returns zeros and remembers the input it was given."""
+
+    def forward(self, x, t):
+        self.seen = x
+        return torch.zeros_like(x)
+
+
+def test_eps_precond_input_scaling_is_edm_c_in_and_off_by_default():
+    x, sigma = p_sigma_draws(8, 3.0, seed=47), 3.0
+    plain, scaled = diffusion.EpsPrecond(_Recorder()), diffusion.EpsPrecond(_Recorder(), sigma_data=S)
+    plain(x, sigma)
+    scaled(x, sigma)
+    assert torch.equal(plain.net.seen, x)
+    torch.testing.assert_close(scaled.net.seen, x / math.sqrt(sigma**2 + S**2))
+    with pytest.raises(ValueError):
+        diffusion.EpsPrecond(_Recorder(), sigma_data=-1.0)
+
+
+def test_edm_precond_without_input_scaling_feeds_the_raw_input():
+    x, sigma = p_sigma_draws(8, 3.0, seed=48), 3.0
+    raw = EDMPrecond(_Recorder(), sigma_data=S, scale_input=False)
+    out = raw(x, sigma)
+    assert torch.equal(raw.net.seen, x)
+    torch.testing.assert_close(out, S**2 / (S**2 + sigma**2) * x)          # c_skip x when F = 0
+    with pytest.raises(TypeError):
+        EDMPrecond(_Recorder(), sigma_data=S, scale_input="no")

@@ -49,10 +49,25 @@ CASES = {          # sampler, steps (Langevin: noise levels); every step count i
 }
 
 
+# Samplers of the module that are deliberately not in SAMPLERS (whose members must run on every
+# process and grid of the generic tests here), with the reason and where they are tested instead.
+NOT_IN_SAMPLERS = {
+    "sample_heun_edm": "needs the EDM process (time = noise level); tests/test_fast_samplers.py and below",
+    "sample_dpm_solver_2": "evaluates at log-SNR midpoints, off a discrete DDPM grid; tests/test_dpm_solver.py",
+    "sample_dpmpp_2m": "a DPM-Solver variant, tested with the other one in tests/test_dpm_solver.py",
+}
+
+
 def test_cases_cover_every_sampler():
-    # heun_edm is not in SAMPLERS (it needs the EDM process): it has its own landing test below.
     assert set(CASES) == set(sampling.SAMPLERS)
     assert sampling.SAMPLERS["ode"] is sampling.sample_ode
+
+
+def test_every_sampler_of_the_module_is_in_samplers_or_named_with_a_reason():
+    defined = {name for name in dir(sampling) if name.startswith("sample_") and callable(getattr(sampling, name))}
+    registered = {fn.__name__ for fn in sampling.SAMPLERS.values()}
+    assert registered | set(NOT_IN_SAMPLERS) == defined, "a new sampler must join SAMPLERS or NOT_IN_SAMPLERS"
+    assert not registered & set(NOT_IN_SAMPLERS)
 
 
 def test_heun_edm_with_the_exact_score_lands_on_the_data(floor):

@@ -272,3 +272,105 @@ def test_fokker_planck_rejects_bad_steps_and_non_finite_drift():
         sde.fokker_planck_1d(drift, g, p0, x, [0.0, 0.1], max_dt=0.0)
     with pytest.raises(ValueError, match="not finite"):
         sde.fokker_planck_1d(lambda y, t: y / 0.0, g, p0, x, [0.0, 0.1])
+
+
+# ------------------------------------------------------------------ the sub-VP SDE
+
+def test_sub_vp_coefficients_satisfy_the_sde_relations_and_its_variance_is_below_vp():
+    from mlbook.diffusion import VP
+
+    sub, vp = sde.SubVP(), VP()
+    t = torch.linspace(0.01, 1.0, 50, dtype=torch.float64)
+    torch.testing.assert_close(sub.alpha(t), vp.alpha(t))           # same drift, same signal scale
+    torch.testing.assert_close(sub.f(t), vp.f(t))
+    # g^2 = d sigma^2 / dt - 2 f sigma^2 (eq. sde-coefficients), derivative by central differences
+    h = 1e-6
+    dvar = (sub.sigma(t + h) ** 2 - sub.sigma(t - h) ** 2) / (2 * h)
+    torch.testing.assert_close(sub.g2(t), dvar - 2 * sub.f(t) * sub.sigma(t) ** 2, rtol=1e-6, atol=1e-9)
+    assert bool((sub.sigma(t) ** 2 <= vp.sigma(t) ** 2).all())
+    assert bool((sub.g2(t) < vp.g2(t)).all())
+    assert float(sub.sigma(torch.tensor(1.0))) > 0.999               # still ends near pure noise
+
+
+def test_sub_vp_forward_simulation_has_the_closed_form_marginal():
+    sub = sde.SubVP()
+    x0 = torch.full((10000, 1), 1.5, dtype=torch.float64)
+    ts = torch.linspace(0.0, 0.5, 401, dtype=torch.float64)
+    path = sde.euler_maruyama(lambda x, t: sub.f(torch.tensor(t)) * x,
+                              lambda t: sub.g2(torch.tensor(t)).sqrt(), x0, ts, generator=torch.Generator().manual_seed(0))
+    end, t_end = path[-1], torch.tensor(0.5, dtype=torch.float64)
+    se = float(sub.sigma(t_end)) / math.sqrt(len(end))
+    assert abs(float(end.mean()) - 1.5 * float(sub.alpha(t_end))) < 4 * se
+    assert abs(float(end.std()) / float(sub.sigma(t_end)) - 1) < 0.02
+
+
+def test_sub_vp_probability_flow_with_the_exact_score_lands_on_the_data():
+    from mlbook import data, diffusion, metrics, sampling
+
+    mix = data.GaussianMixture([[-1.0], [1.0]], [0.3, 0.3])
+    sub = sde.SubVP()
+    x = diffusion.MixtureScore(mix, sub).marginal(1.0).sample(4000, generator=torch.Generator().manual_seed(1)).double()
+    out = sampling.sample_ode(diffusion.MixtureScore(mix, sub), sub, x, sub.time_grid(100))
+    ref = mix.sample(4000, generator=torch.Generator().manual_seed(2)).double()
+    floor = metrics.sliced_wasserstein(mix.sample(4000, generator=torch.Generator().manual_seed(3)).double(), ref)
+    assert metrics.sliced_wasserstein(out, ref) < 3 * floor + 0.01
+    with pytest.raises(ValueError):
+        sde.SubVP(beta_min=5.0, beta_max=1.0)
+
+
+# ------------------------------------------------------------------ the likelihood bound in 1-D
+
+def _bound_setup():
+    from mlbook import data, diffusion
+
+    mix = data.GaussianMixture([[-1.0], [1.2]], [0.35, 0.5], [0.4, 0.6])
+    vp = diffusion.VP()
+    exact = diffusion.MixtureScore(mix, vp)
+    x = torch.linspace(-5.0, 5.0, 121, dtype=torch.float64)
+    return mix, vp, exact, x, float(x[1] - x[0])
+
+
+def test_reverse_sde_and_flow_densities_with_the_exact_score_are_the_data_density():
+    mix, vp, exact, x, dx = _bound_setup()
+    p0 = mix.log_prob(x[:, None]).exp()
+    assert sde.total_variation(sde.reverse_sde_density_1d(exact, vp, x), p0, dx) < 0.01
+    assert sde.total_variation(sde.flow_density_1d(exact, vp, x, n_steps=100), p0, dx) < 0.01
+
+
+def test_likelihood_bound_holds_for_an_imperfect_score_and_is_zero_plus_prior_for_the_exact_one():
+    mix, vp, exact, x, dx = _bound_setup()
+    p0 = mix.log_prob(x[:, None]).exp()
+    score_term, prior_term = sde.likelihood_bound_1d(exact, exact, vp, x, n_times=50)
+    assert score_term == 0.0 and 0 < prior_term < 1e-4              # alpha_1 ~ 0.0066: p_1 is nearly N(0, 1)
+
+    def wrong(y, t):
+        return exact(y, t) + 0.3 * torch.tanh(2 * y)
+
+    kl = sde.kl_on_grid(p0, sde.reverse_sde_density_1d(wrong, vp, x), dx)
+    score_term, prior_term = sde.likelihood_bound_1d(wrong, exact, vp, x, n_times=100)
+    assert 0.01 < kl < score_term + prior_term
+
+
+def test_kl_on_grid_matches_the_gaussian_closed_form_and_rejects_bad_input():
+    x = torch.linspace(-10, 10, 2001, dtype=torch.float64)
+    dx = float(x[1] - x[0])
+    p, q = normal_pdf(x, 0.0, 1.0), normal_pdf(x, 0.5, 2.0)
+    closed = 0.5 * (1.0 / 2.0 + 0.25 / 2.0 - 1 + math.log(2.0))
+    assert abs(sde.kl_on_grid(p, q, dx) - closed) < 1e-6
+    assert sde.kl_on_grid(p, p, dx) == 0.0
+    with pytest.raises(ValueError):
+        sde.kl_on_grid(p, q[:-1], dx)
+    with pytest.raises(ValueError):
+        sde.kl_on_grid(p, torch.zeros_like(q), dx)
+
+
+def test_reverse_densities_reject_bad_input():
+    mix, vp, exact, x, dx = _bound_setup()
+    with pytest.raises(TypeError):
+        sde.reverse_sde_density_1d("not callable", vp, x)
+    with pytest.raises(ValueError):
+        sde.reverse_sde_density_1d(exact, vp, x, t_end=1.0)
+    with pytest.raises(ValueError):
+        sde.flow_density_1d(exact, vp, x.flip(0))
+    with pytest.raises(TypeError):
+        sde.likelihood_bound_1d(None, exact, vp, x)

@@ -18,7 +18,8 @@ from .device import get_device
 
 __all__ = ["NoiseProcess", "VP", "VE", "DDPM", "EDM", "sigma_schedule", "eps_to_x0", "x0_to_eps",
            "eps_to_score", "score_to_eps", "score_from_eps", "MixtureScore", "eps_loss",
-           "EDMPrecond", "EpsPrecond", "edm_loss", "score_from_denoiser"]
+           "EDMPrecond", "EpsPrecond", "edm_loss", "score_from_denoiser", "time_at_noise_level",
+           "denoiser_from_eps"]
 
 
 def _time(t, like: torch.Tensor | None = None) -> torch.Tensor:
@@ -479,20 +480,26 @@ def eps_loss(model, process: NoiseProcess, x0: torch.Tensor, *, labels: torch.Te
 
 
 class EpsPrecond(torch.nn.Module):
-    """The plain epsilon-parameterisation in EDM coordinates: eps_hat = F(x, log(sigma) / 4).
+    """The plain epsilon-parameterisation in EDM coordinates: eps_hat = F(c_in x, log(sigma) / 4).
 
-    The baseline that :class:`EDMPrecond` is compared with: same network, same time input, but no
-    input scaling and the raw noise as target. Calling it returns the epsilon-prediction.
+    The baseline that :class:`EDMPrecond` is compared with: same network, same time input, the raw
+    noise as target. By default (``sigma_data=None``) the input is not scaled, c_in = 1; with a
+    ``sigma_data`` it gets EDM's input scaling c_in = 1 / sqrt(sigma^2 + sigma_data^2) of
+    eq. (edm-precond), so that the output parameterisation can be compared on its own. Calling it
+    returns the epsilon-prediction.
     """
 
-    def __init__(self, net: torch.nn.Module):
+    def __init__(self, net: torch.nn.Module, sigma_data: float | None = None):
         super().__init__()
         if not isinstance(net, torch.nn.Module):
             raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
         self.net = net
+        self.sigma_data = None if sigma_data is None else _checks.real(sigma_data, "sigma_data", positive=True)
 
     def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        if self.sigma_data is not None:
+            x = x / _col((sigma**2 + self.sigma_data**2).sqrt(), x)                # c_in x
         return self.net(x, sigma.log() / 4)
 
 
@@ -503,14 +510,18 @@ class EDMPrecond(torch.nn.Module):
 
     ``net`` is any module called as ``net(x, t)`` (e.g. :class:`mlbook.nets.TimeMLP`); it receives
     c_noise = log(sigma) / 4 as its time input. Calling the module returns the denoised estimate of x_0.
+    ``scale_input=False`` feeds the raw x instead of c_in x (an ablation of the input scaling alone).
     """
 
-    def __init__(self, net: torch.nn.Module, sigma_data: float = 0.5):
+    def __init__(self, net: torch.nn.Module, sigma_data: float = 0.5, *, scale_input: bool = True):
         super().__init__()
         if not isinstance(net, torch.nn.Module):
             raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+        if not isinstance(scale_input, bool):
+            raise TypeError(f"scale_input must be True or False, got {scale_input!r}")
         self.net = net
         self.sigma_data = _checks.real(sigma_data, "sigma_data", positive=True)
+        self.scale_input = scale_input
 
     def coefficients(self, sigma: torch.Tensor):
         """(c_skip, c_out, c_in, c_noise) at noise levels sigma, eq. (edm-precond)."""
@@ -523,7 +534,8 @@ class EDMPrecond(torch.nn.Module):
     def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
-        return _col(c_skip, x) * x + _col(c_out, x) * self.net(_col(c_in, x) * x, c_noise)
+        inp = _col(c_in, x) * x if self.scale_input else x
+        return _col(c_skip, x) * x + _col(c_out, x) * self.net(inp, c_noise)
 
 
 def edm_loss(model: EDMPrecond, process: EDM, x0: torch.Tensor, *,
@@ -546,3 +558,54 @@ def score_from_denoiser(denoiser, process: NoiseProcess):
         return (a * denoiser(x, t) - x) / s**2
 
     return score
+
+
+def time_at_noise_level(process: NoiseProcess, sigma) -> torch.Tensor:
+    """The time t at which sigma_t / alpha_t equals the EDM noise level ``sigma`` (page ``diffusion_fast``, table edm-table).
+
+    Exact for :class:`EDM` (t = sigma); otherwise found by bisection on [0, 1], where sigma_t / alpha_t
+    increases. Discrete :class:`DDPM` processes are refused: their times lie on a grid.
+    """
+    if isinstance(process, DDPM):
+        raise TypeError("a DDPM process has times only on its grid; use its continuous limit VP")
+    if not isinstance(process, NoiseProcess):
+        raise TypeError(f"process must be a NoiseProcess, got {type(process).__name__}")
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    if isinstance(process, EDM):
+        return sigma.clone()
+    lo, hi = torch.zeros_like(sigma), torch.ones_like(sigma)
+
+    def level(t: torch.Tensor) -> torch.Tensor:
+        return process.sigma(t) / process.alpha(t)
+
+    low, high = float(level(torch.tensor(0.0))), float(level(torch.tensor(1.0)))
+    if not bool(((sigma >= low) & (sigma <= high)).all()):
+        raise ValueError(f"noise levels must lie in [{low:.3g}, {high:.3g}] for {process!r}")
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        below = level(mid) < sigma
+        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    return 0.5 * (lo + hi)
+
+
+def denoiser_from_eps(model, process: NoiseProcess):
+    """An EDM denoiser D(x; sigma) from an epsilon model trained on ``process``, eq. (edm-denoiser-from-eps).
+
+    D(x; sigma) = x - sigma eps_hat(alpha_t x, t) at the time t with sigma_t / alpha_t = sigma
+    (:func:`time_at_noise_level`): x is in unscaled coordinates, and alpha_t x is a point of the
+    training path. The result runs with the EDM samplers (``score_from_denoiser(D, EDM())``); it is
+    the analogue of k-diffusion's ``DiscreteEpsDDPMDenoiser`` for a continuous-time VP, VE or other path.
+    """
+    if not callable(model):
+        raise TypeError("model must be callable as model(x, t)")
+    if isinstance(process, DDPM) or not isinstance(process, NoiseProcess):
+        time_at_noise_level(process, 1.0)                         # raises the clear error
+
+    def denoiser(x: torch.Tensor, sigma) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma, dtype=torch.float64).expand(x.shape[0])
+        t = time_at_noise_level(process, sigma)
+        a = process.alpha(t).to(x)
+        return x - _col(sigma.to(x), x) * model(_col(a, x) * x, t.to(x))
+
+    return denoiser
+

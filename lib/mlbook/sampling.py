@@ -10,9 +10,10 @@ sees the state after step i, at time ``ts[i + 1]``. Equation labels refer to the
 
 from __future__ import annotations
 
-import torch
-
 import math
+from collections.abc import Callable, Sequence
+
+import torch
 
 from . import _checks, ode, sde
 from .diffusion import DDPM, EDM, NoiseProcess, _col
@@ -20,7 +21,12 @@ from .train import progress
 
 __all__ = ["trajectory", "CountingScore", "probability_flow", "sample_ancestral", "sample_ddim",
            "sample_langevin", "sample_euler_maruyama", "sample_pc", "sample_ode", "sample_heun_edm",
-           "sample_dpm_solver_2", "sample_dpmpp_2m", "half_log_snr", "classifier_guided_score", "cfg_score", "SAMPLERS"]
+           "invert_ddim", "sample_dpm_solver_2", "sample_dpmpp_2m", "half_log_snr", "classifier_guided_score", "cfg_score", "SAMPLERS"]
+
+
+Score = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]     # score(x (n, d), t (n,)) -> (n, d)
+Callback = Callable[[int, float, torch.Tensor], None]           # callback(i, t, x) after step i
+Times = torch.Tensor | Sequence[float]
 
 
 def _setup(score, process, x, ts, *, allow_single: bool = False):
@@ -65,7 +71,9 @@ def probability_flow(score, process: NoiseProcess):
 
 
 @torch.no_grad()
-def sample_ancestral(score, process, x, ts, *, generator=None, callback=None, show_progress=None):
+def sample_ancestral(score: Score, process: NoiseProcess, x: torch.Tensor, ts: Times, *,
+                     generator: torch.Generator | None = None, callback: Callback | None = None,
+                     show_progress: bool | None = None) -> torch.Tensor:
     """Ancestral sampling: x_s ~ q(x_s | x_t, x0_hat) with Tweedie's x0_hat, eqs. (ddpm-ancestral), (gauss-posterior).
 
     With a DDPM process and its full grid this is Ho et al.'s sampler with the posterior variance
@@ -84,7 +92,9 @@ def sample_ancestral(score, process, x, ts, *, generator=None, callback=None, sh
 
 
 @torch.no_grad()
-def sample_ddim(score, process, x, ts, *, generator=None, callback=None, show_progress=None, eta: float = 0.0):
+def sample_ddim(score: Score, process: NoiseProcess, x: torch.Tensor, ts: Times, *,
+                generator: torch.Generator | None = None, callback: Callback | None = None,
+                show_progress: bool | None = None, eta: float = 0.0) -> torch.Tensor:
     """DDIM, eq. (ddim-update): x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z.
 
     c = eta times the DDPM posterior std between t and s, eq. (ddim-eta): eta = 0 is deterministic
@@ -109,8 +119,38 @@ def sample_ddim(score, process, x, ts, *, generator=None, callback=None, show_pr
 
 
 @torch.no_grad()
-def sample_langevin(score, process, x, ts, *, generator=None, callback=None, show_progress=None,
-                    n_steps: int = 10, step_scale: float = 0.1, denoise: bool = True):
+def invert_ddim(score: Score, process: NoiseProcess, x: torch.Tensor, ts: Times, *,
+                callback: Callback | None = None, show_progress: bool | None = None) -> torch.Tensor:
+    """DDIM inversion: the deterministic DDIM map run forward in time, from data towards noise.
+
+    ``ts`` *increases*; each step from t to a later r is the eta = 0 step of eq. (ddim-update) with
+    the roles of the times exchanged, x_r = alpha_r x0_hat + sigma_r eps_hat(x_t, t): Euler's method
+    for the probability-flow ODE in the coordinates x / alpha, sigma / alpha, eq. (ddim-euler), run
+    upwards (page ``diffusion_fast``, DDIM inversion). ``sample_ddim`` on the reversed grid decodes.
+    """
+    if not callable(score):
+        raise TypeError("score must be callable as score(x, t)")
+    if not isinstance(process, NoiseProcess):
+        raise TypeError(f"process must be a NoiseProcess, got {type(process).__name__}")
+    _checks.tensor(x, "x", ndim=2, floating=True)
+    ts = ode.check_grid(ts).to(x.device, x.dtype)
+    if not bool((ts.diff() > 0).all()):
+        raise ValueError("ts must increase: inversion runs from data (t near 0) to noise (t near 1)")
+    for i in _steps(ts, show_progress, "DDIM inversion"):
+        t, r = _t(ts[i], x), _t(ts[i + 1], x)
+        a_t, sig_t = _col(process.alpha(t), x), _col(process.sigma(t), x)
+        eps = -sig_t * score(x, t)                                                # eq. (score-eps)
+        x = _col(process.alpha(r), x) * (x - sig_t * eps) / a_t + _col(process.sigma(r), x) * eps
+        if callback is not None:
+            callback(i, float(ts[i + 1]), x)
+    return x
+
+
+@torch.no_grad()
+def sample_langevin(score: Score, process: NoiseProcess, x: torch.Tensor, ts: Times, *,
+                    generator: torch.Generator | None = None, callback: Callback | None = None,
+                    show_progress: bool | None = None,
+                    n_steps: int = 10, step_scale: float = 0.1, denoise: bool = True) -> torch.Tensor:
     """Annealed Langevin dynamics over the noise levels sigma_t of ``ts``, eq. (score-annealed).
 
     A single time in ``ts`` gives plain Langevin dynamics, eq. (score-langevin), at that level.
@@ -137,7 +177,9 @@ def sample_langevin(score, process, x, ts, *, generator=None, callback=None, sho
 
 
 @torch.no_grad()
-def sample_euler_maruyama(score, process, x, ts, *, generator=None, callback=None, show_progress=None):
+def sample_euler_maruyama(score: Score, process: NoiseProcess, x: torch.Tensor, ts: Times, *,
+                          generator: torch.Generator | None = None, callback: Callback | None = None,
+                          show_progress: bool | None = None) -> torch.Tensor:
     """The reverse-time SDE by Euler-Maruyama, eqs. (sde-reverse) and (sde-euler-maruyama)."""
     ts = _setup(score, process, x, ts)
     for i in _steps(ts, show_progress, "reverse SDE"):
@@ -150,8 +192,10 @@ def sample_euler_maruyama(score, process, x, ts, *, generator=None, callback=Non
 
 
 @torch.no_grad()
-def sample_pc(score, process, x, ts, *, generator=None, callback=None, show_progress=None,
-              snr: float = 0.16, n_corrector: int = 1):
+def sample_pc(score: Score, process: NoiseProcess, x: torch.Tensor, ts: Times, *,
+              generator: torch.Generator | None = None, callback: Callback | None = None,
+              show_progress: bool | None = None,
+              snr: float = 0.16, n_corrector: int = 1) -> torch.Tensor:
     """Predictor-corrector: an Euler-Maruyama step, then Langevin corrector steps at the new time.
 
     The corrector's step is eta = 2 (snr ||z|| / ||score||)^2 with the norms averaged over the batch,
@@ -177,32 +221,43 @@ def sample_pc(score, process, x, ts, *, generator=None, callback=None, show_prog
 
 
 @torch.no_grad()
-def sample_ode(score, process, x, ts, *, generator=None, callback=None, show_progress=None,
-               method: str = "heun"):
+def sample_ode(score: Score, process: NoiseProcess, x: torch.Tensor, ts: Times, *,
+               generator: torch.Generator | None = None, callback: Callback | None = None,
+               show_progress: bool | None = None,
+               method: str = "heun") -> torch.Tensor:
     """The probability-flow ODE, eq. (sde-pf-ode), by Euler, Heun or RK4 (``method``); deterministic."""
     ts = _setup(score, process, x, ts)
     return ode.solve(probability_flow(score, process), x, ts, method=method, callback=callback)
 
 
 @torch.no_grad()
-def sample_heun_edm(score, process, x, ts, *, generator=None, callback=None, show_progress=None,
-                    churn: float = 0.0, s_noise: float = 1.0):
+def sample_heun_edm(score: Score, process: NoiseProcess, x: torch.Tensor, ts: Times, *,
+                    generator: torch.Generator | None = None, callback: Callback | None = None,
+                    show_progress: bool | None = None,
+                    churn: float = 0.0, s_noise: float = 1.0, s_tmin: float = 0.0,
+                    s_tmax: float = math.inf) -> torch.Tensor:
     """Karras et al.'s Heun sampler with optional stochastic churn, eqs. (edm-heun) and (edm-churn).
 
     Needs the :class:`~mlbook.diffusion.EDM` process (time = noise level); ``ts`` from its
     ``time_grid`` ends at sigma = 0, where the second-order correction is skipped, so N steps cost
     2N - 1 score evaluations. ``churn`` (S_churn) raises the noise by gamma = min(churn / N, sqrt(2) - 1)
-    before each step and adds the matching fresh noise.
+    before each step whose level sigma_i lies in the window [s_tmin, s_tmax] (S_tmin, S_tmax; the
+    default window holds every level) and adds the matching fresh noise, scaled by ``s_noise``.
     """
     if not isinstance(process, EDM):
         raise TypeError(f"sample_heun_edm needs an EDM process (time = noise level), got {type(process).__name__}")
     ts = _setup(score, process, x, ts)
     churn = _checks.real(churn, "churn", nonnegative=True)
     s_noise = _checks.real(s_noise, "s_noise", nonnegative=True)
+    s_tmin = _checks.real(s_tmin, "s_tmin", nonnegative=True)
+    s_tmax = math.inf if s_tmax == math.inf else _checks.real(s_tmax, "s_tmax", nonnegative=True)
+    if not s_tmax >= s_tmin:
+        raise ValueError(f"the churn window needs s_tmin <= s_tmax, got [{s_tmin}, {s_tmax}]")
     n = len(ts) - 1
-    gamma = min(churn / n, math.sqrt(2) - 1)
+    gamma_max = min(churn / n, math.sqrt(2) - 1)
     for i in _steps(ts, show_progress, "Heun (EDM)"):
         t, s = ts[i], ts[i + 1]
+        gamma = gamma_max if s_tmin <= float(t) <= s_tmax else 0.0        # the churn window
         t_hat = t * (1 + gamma)
         if gamma > 0:
             x = x + s_noise * (t_hat**2 - t**2).sqrt() * _noise(x, generator)
@@ -218,7 +273,7 @@ def sample_heun_edm(score, process, x, ts, *, generator=None, callback=None, sho
 
 
 def half_log_snr(process: NoiseProcess, t) -> torch.Tensor:
-    """ell_t = log(alpha_t / sigma_t) = -log sigma(t), half the log-SNR lambda_t (page ``diffusion_fast``, eq. dpm-ell).
+    """ell_t = log(alpha_t / sigma_t) = -log sigma(t), half the log-SNR lambda_t (page ``diffusion_dpm_solver``, eq. dpm-ell).
 
     It is +inf where sigma_t = 0 (the end of an EDM grid).
     """
@@ -240,7 +295,9 @@ def _time_at_log_snr(process: NoiseProcess, lam: torch.Tensor, t: torch.Tensor, 
 
 
 @torch.no_grad()
-def sample_dpm_solver_2(score, process, x, ts, *, generator=None, callback=None, show_progress=None):
+def sample_dpm_solver_2(score: Score, process: NoiseProcess, x: torch.Tensor, ts: Times, *,
+                        generator: torch.Generator | None = None, callback: Callback | None = None,
+                        show_progress: bool | None = None) -> torch.Tensor:
     """DPM-Solver-2 (Lu et al. 2022, singlestep, midpoint in log-SNR), eq. (dpm-solver-2).
 
     Each step from t to s evaluates eps_hat at x_t, takes a DPM-Solver-1 step (eq. dpm-solver-1, which
@@ -271,7 +328,9 @@ def sample_dpm_solver_2(score, process, x, ts, *, generator=None, callback=None,
 
 
 @torch.no_grad()
-def sample_dpmpp_2m(score, process, x, ts, *, generator=None, callback=None, show_progress=None):
+def sample_dpmpp_2m(score: Score, process: NoiseProcess, x: torch.Tensor, ts: Times, *,
+                    generator: torch.Generator | None = None, callback: Callback | None = None,
+                    show_progress: bool | None = None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022b, multistep, data prediction), eqs. (dpmpp-1) and (dpmpp-2m).
 
     With x0_hat = (x_t - sigma_t eps_hat) / alpha_t (Tweedie, eq. ddim-x0hat) and h = ell_s - ell_t (:func:`half_log_snr`):
@@ -351,6 +410,67 @@ def cfg_score(cond_score, y: torch.Tensor, scale: float, null: int):
     return guided
 
 
+def _noise_level(process: NoiseProcess, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """sigma_t / alpha_t, the noise level of x_t / alpha_t = x_0 + (sigma_t / alpha_t) eps."""
+    return _col(process.sigma(t) / process.alpha(t), x)
+
+
+def dynamic_threshold_score(score, process: NoiseProcess, *, percentile: float = 0.995,
+                            bound: float = 1.0):
+    """Dynamic thresholding of the denoised guess (page `diffusion_inverse`, eq. inv-threshold).
+
+    The score gives the Tweedie estimate x0 = (x + sigma_t^2 score) / alpha_t. Per sample,
+    s = max(bound, the ``percentile`` quantile of |x0| over its coordinates); x0 is clipped to
+    [-s, s] and rescaled by bound / s, so it lies in [-bound, bound] (Imagen: bound = 1). The
+    returned score is the one whose Tweedie estimate is the thresholded x0.
+    """
+    if not callable(score):
+        raise TypeError("score must be callable as score(x, t)")
+    if not isinstance(process, NoiseProcess):
+        raise TypeError(f"process must be a NoiseProcess, got {type(process).__name__}")
+    p = _checks.real(percentile, "percentile")
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"percentile must lie in (0, 1], got {percentile}")
+    bound = _checks.real(bound, "bound", positive=True)
+
+    def thresholded(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a, s2 = _col(process.alpha(t), x), _col(process.sigma(t), x) ** 2
+        x0 = (x + s2 * score(x, t)) / a                                    # (n, d)
+        s = torch.quantile(x0.abs(), p, dim=1, keepdim=True).clamp_min(bound)  # (n, 1)
+        x0 = torch.minimum(torch.maximum(x0, -s), s) * (bound / s)
+        return (a * x0 - x) / s2
+
+    return thresholded
+
+
+def guidance_interval(guided, plain, process: NoiseProcess, sigma_lo: float, sigma_hi: float):
+    """The guided score where sigma_lo <= sigma_t / alpha_t <= sigma_hi, ``plain`` elsewhere.
+
+    Guidance in a limited interval of noise levels (page `diffusion_inverse`, eq. inv-interval);
+    ``guided`` and ``plain`` are scores score(x, t), e.g. ``cfg_score(...)`` and the conditional
+    score. t may be a scalar or one time per sample.
+    """
+    if not callable(guided) or not callable(plain):
+        raise TypeError("guided and plain must be callables of (x, t)")
+    if not isinstance(process, NoiseProcess):
+        raise TypeError(f"process must be a NoiseProcess, got {type(process).__name__}")
+    lo = _checks.real(sigma_lo, "sigma_lo", nonnegative=True)
+    hi = _checks.real(sigma_hi, "sigma_hi", positive=True)
+    if hi < lo:
+        raise ValueError(f"sigma_hi must be >= sigma_lo, got {sigma_hi} < {sigma_lo}")
+
+    def interval(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        level = _noise_level(process, t, x)
+        inside = (level >= lo) & (level <= hi)
+        if not bool(inside.any()):
+            return plain(x, t)
+        if bool(inside.all()):
+            return guided(x, t)
+        return torch.where(inside, guided(x, t), plain(x, t))
+
+    return interval
+
+
 SAMPLERS = {
     "ancestral": sample_ancestral,
     "ddim": sample_ddim,
@@ -358,4 +478,5 @@ SAMPLERS = {
     "euler_maruyama": sample_euler_maruyama,
     "pc": sample_pc,
     "ode": sample_ode,
-}  # sample_heun_edm is not here: it needs the EDM process, the others take any process
+}  # members run on any process and grid; sample_heun_edm (EDM only), sample_dpm_solver_2 (no DDPM)
+# and sample_dpmpp_2m are not here: tests/test_sampling.py names each with its reason
