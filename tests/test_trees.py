@@ -232,10 +232,11 @@ def _fields(t):
 
 @pytest.mark.parametrize("splitter", ["exact", "hist"])
 def test_search_in_chunks_equals_search_in_one_piece(monkeypatch, splitter):
-    # Large forests are searched a block of features (exact) or of nodes (hist) at a time, so that
-    # no temporary exceeds _MAX_CELLS. A 100-tree forest on 5000 x 20 was the first input big enough
-    # to need two blocks, and the tie bookkeeping then indexed the block by the feature number
-    # (IndexError). A tiny cell budget forces many blocks here; the trees must not change.
+    # Large forests are searched a block of nodes at a time (exact: the running sums carried from
+    # block to block), so that no temporary exceeds _MAX_CELLS. A 100-tree forest on 5000 x 20 was
+    # the first input big enough to need two blocks, and the tie bookkeeping then indexed the block
+    # by the feature number (IndexError). A tiny cell budget forces many blocks here; the trees
+    # must not change.
     from sklearn.datasets import make_classification
     X, y = make_classification(300, 20, random_state=0)
     X = torch.as_tensor(X).float().double()
@@ -245,11 +246,52 @@ def test_search_in_chunks_equals_search_in_one_piece(monkeypatch, splitter):
     kw = dict(groups=torch.arange(4).repeat_interleave(300), n_groups=4, max_features=4,
               max_bins=None if splitter == "exact" else 32)
     whole = trees.grow(X[rows], stats[rows], crit, generator=torch.Generator().manual_seed(1), **kw)
-    monkeypatch.setattr(trees, "_MAX_CELLS", 4000)          # exact: 3 features per block
+    monkeypatch.setattr(trees, "_MAX_CELLS", 4000)          # exact: one node per block
     pieces = trees.grow(X[rows], stats[rows], crit, generator=torch.Generator().manual_seed(1), **kw)
     assert whole.n_leaves > 40
     for a, b in zip(_fields(whole), _fields(pieces)):
         assert torch.equal(a.nan_to_num(-7.0), b.nan_to_num(-7.0))
+
+
+def test_partition_equals_a_stable_sort_by_child_then_value():
+    # Three nodes of 4, 3 and 5 rows, two features, each node's rows sorted by value. Node 0 splits
+    # into children 0 and 1, node 1 is a leaf, node 2 splits but its left child is a leaf.
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 3, (12, 2), generator=g)
+    node = torch.tensor([0] * 4 + [1] * 3 + [2] * 5)
+    order = trees._root_order(codes, 3, torch.arange(12), node)           # (2, 12)
+    side = torch.randint(0, 2, (12,), generator=g)                        # 0: left, 1: right
+    child = torch.where(node == 0, side, torch.where((node == 2) & (side == 1), 3, -1))
+    sizes = torch.bincount(child[child >= 0], minlength=4)
+    new_start = torch.cat([sizes.cumsum(0) - sizes, sizes.sum().view(1)])
+    row_code = (1 - side + 2 * (child < 0).long()).int()
+    out = trees._partition(order, node[order[0]], torch.tensor([0, 4, 7]), row_code,
+                           torch.tensor([0, -1, 2]), new_start)
+    kept = torch.arange(12)[child >= 0]
+    for j in range(2):
+        expect = kept[torch.sort(child[kept] * 3 + codes[kept, j], stable=True).indices]
+        assert out[j].tolist() == expect.tolist()
+
+
+def test_forest_of_whole_number_statistics_equals_the_general_search():
+    # Class counts of unweighted rows are whole numbers: the search then sums only the drawn
+    # features and takes the forest's root order from one sort of the distinct rows. Halving the
+    # statistics (exact in binary) takes the general path and must give the same trees, gains halved.
+    from sklearn.datasets import make_classification
+    X, y = make_classification(200, 6, random_state=0)
+    X = torch.as_tensor(X).float().double()
+    crit = trees.Gini(2)
+    stats = crit.stats(torch.as_tensor(y), torch.ones(200, dtype=torch.float64))
+    rows = torch.randint(200, (3 * 200,), generator=torch.Generator().manual_seed(0))
+    kw = dict(groups=torch.arange(3).repeat_interleave(200), n_groups=3, max_features=2,
+              sample_rows=rows)
+    whole = trees.grow(X, stats[rows], crit, generator=torch.Generator().manual_seed(1), **kw)
+    half = trees.grow(X, stats[rows] / 2, crit, generator=torch.Generator().manual_seed(1), **kw)
+    assert whole.n_leaves > 20
+    for a, b in zip([whole.feature, whole.threshold, whole.n_samples, whole.ties],
+                    [half.feature, half.threshold, half.n_samples, half.ties]):
+        assert torch.equal(a.nan_to_num(-7.0), b.nan_to_num(-7.0))
+    assert torch.equal(whole.gain.nan_to_num(-7.0), (2 * half.gain).nan_to_num(-7.0))
 
 
 def test_entropy_tree_equals_scikit_learns():

@@ -7,8 +7,11 @@ one tree or of a whole forest at once, are split together:
 
 1. every feature is cut into bins (``splitter="exact"``: one bin per distinct training value;
    ``"hist"``: at most ``max_bins`` quantile bins), once, before growing;
-2. per level, the statistics of all (node, feature, bin) triples are summed with one ``index_add_``
-   and a cumulative sum over bins gives every candidate left child;
+2. per level, every candidate left child is a running sum of statistics: the histogram splitter
+   sums them into (node, feature, bin) cells and takes a cumulative sum over bins; the exact
+   splitter sorts every feature's rows by value once per tree, at the root, keeps them sorted by
+   partitioning them stably as nodes split (:func:`_partition`, never sorting again), and takes a
+   running sum down each feature's sorted rows (:func:`_search_sorted`);
 3. the gain of every candidate is evaluated at once and the best per node is an ``argmax``.
 
 Two shortcuts give the same trees faster: a forest's bins are found once on the distinct rows, not
@@ -259,10 +262,96 @@ def _codes(X: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     return torch.where(missing, edges.shape[1], codes).contiguous()
 
 
-def _search_sorted(codes, B, s1, criterion, idx, nid, tot, can, allowed, min_leaf, miss=None):
-    """Exact split search: sort each feature's rows by (node, value); a cumulative sum gives every left child.
+def _root_order(codes, nb, idx, nid):
+    """The rows ``idx`` sorted by (node, value) for every feature, ``(d, s)`` row ids: a tree's one sort.
 
-    Cost per level is that of sorting the active rows, whatever the number of distinct values.
+    Stable, so rows with the same node and value stay in ascending row order; deeper levels keep
+    this order by :func:`_partition` instead of sorting again.
+    """
+    key = nid[None, :] * nb + codes.index_select(0, idx).T                # (d, s)
+    return idx[torch.sort(key, dim=1, stable=True).indices]
+
+
+def _root_order_of_draws(codes, sample_rows, groups, n_groups):
+    """The root order of a forest's bootstrap draws, ``(d, N)``, from one sort of the distinct rows.
+
+    ``codes`` ``(n, d)`` are the distinct rows' codes; sample ``i`` is row ``sample_rows[i]`` in
+    tree ``groups[i]``. Sorting each feature's ``n`` rows once gives every tree's order: tree ``t``
+    lists, row by row in that order, its copies of each row, so a row's copies start after the
+    copies, in tree ``t``, of the rows before it (a running sum of the draw counts). Rows with equal
+    values may come in another order than a stable sort of the draws would give; :func:`grow` uses
+    this only when every sum is exact whatever its order (whole-number statistics).
+    """
+    n, d = codes.shape
+    N, dev = len(sample_rows), codes.device
+    by_value = torch.sort(codes, dim=0, stable=True).indices                 # (n, d) rows in value order
+    cell = groups * n + sample_rows                                          # (N,) (tree, row) of each draw
+    count = torch.bincount(cell, minlength=n_groups * n).view(n_groups, n)   # copies of each row per tree
+    by_cell = torch.sort(cell, stable=True).indices                          # draws grouped by (tree, row)
+    flat = count.view(-1)
+    copy = torch.arange(N, device=dev) - (flat.cumsum(0) - flat)[cell[by_cell]]   # which copy of its row
+    tree_start = count.sum(1).cumsum(0) - count.sum(1)                       # (trees,)
+    t, r = groups[by_cell], sample_rows[by_cell]
+    order = torch.empty(d, N, dtype=torch.long, device=dev)
+    for j in range(d):
+        c = count[:, by_value[:, j]]                                         # (trees, n) in value order
+        rank = torch.empty_like(by_value[:, j])
+        rank[by_value[:, j]] = torch.arange(n, device=dev)                   # place of each row in it
+        row_start = c.cumsum(1) - c                                          # copies before, in its tree
+        order[j, tree_start[t] + row_start[t, rank[r]] + copy] = by_cell
+    return order
+
+
+def _partition(order, pos_node, start, row_code, left_child, new_start):
+    """Stable partition of the sorted rows of every feature as their nodes split, ``(d, s)`` -> ``(d, s')``.
+
+    ``order`` ``(d, s)`` holds row ids node-major (position ``p`` belongs to node ``pos_node[p]``,
+    whose first position is ``start[node]``), each node's rows sorted by that feature.
+    ``row_code[row]`` (int32): bit 0 set if the row goes left, bit 1 set if its child is not
+    searched (a leaf). A split node ``k``'s children are ``left_child[k]`` and ``left_child[k] + 1``,
+    whose rows start at ``new_start[child]``. Within each old node the left rows come first, then
+    the right ones, each in their old order, so a row's new position is its child's start plus the
+    number of rows before it in the old node that go the same way: one running count of left rows
+    gives both. That is what a stable sort by (new node, value) gives, for a few passes over
+    ``(d, s)`` instead of a sort.
+    """
+    # integer arithmetic rather than torch.where: several times faster on a CPU
+    c = row_code[order]                                                    # (d, s) int32
+    left, dropped = c & 1, c >> 1
+    n_left = left.cumsum(1, dtype=torch.int32) - left                      # lefts before each position
+    first = start[pos_node]                                                # (s,) old node's first position
+    n_left -= n_left.index_select(1, first)                                # ... within the old node
+    p = (torch.arange(len(pos_node), device=order.device) - first).int()   # (s,) rows before, in the node
+    child = left_child[pos_node].clamp_min(0)
+    s_new = int(new_start[-1])
+    at_left, at_right = new_start[child].int(), new_start[child + 1].int()   # (s,) children's starts
+    dest = at_right + p - n_left + left * (at_left - at_right - p + 2 * n_left)  # right, or left:
+    dest += dropped * (s_new - dest)                                       # at_left + n_left; dropped:
+    dest = dest.long()                                                     # a spare slot
+    out = torch.empty(order.shape[0], s_new + 1, dtype=order.dtype, device=order.device)
+    return out.scatter_(1, dest, order)[:, :s_new]
+
+
+def _search_sorted(codes, B, s1_t, criterion, order, pos_node, start, tot, can, allowed, min_leaf, miss=None,
+                   whole_numbers=False):
+    """Exact split search on each feature's rows sorted by (node, value): a running sum gives every
+    left child.
+
+    ``s1_t`` ``(m+1, n)``: the rows' statistics and counts, transposed. ``order`` ``(d, s)``: row
+    ids, node-major (position ``p`` belongs to node ``pos_node[p]``, whose rows start at
+    ``start[node]``), each node's rows in ascending order of that feature; only nodes in ``can``
+    have rows. :func:`grow` sorts it once per tree and then partitions it as nodes
+    split (:func:`_partition`), never sorting again. The running sum of the statistics runs down
+    each feature's whole order; minus the totals of the earlier nodes, it is the left child of
+    every cut.
+
+    Only the features drawn for a node (``allowed``, ``max_features`` of them) are scored. The
+    running sums are still formed for every feature, so each sum is the same number, rounding
+    included, whatever was drawn: the gains are those of scoring every feature and masking.
+    With ``whole_numbers`` (every statistic an integer, their total below ``2**53``: the class
+    counts of unweighted rows) every sum is exact in whatever order it is taken, so only the drawn
+    features' rows are summed, in one running sum per draw slot across the nodes.
+
     Returns per node: best gain, feature, bin (last code going left), number of tied features, and
     the default direction of missing values (``None`` when ``miss`` is ``None``).
 
@@ -270,57 +359,64 @@ def _search_sorted(codes, B, s1, criterion, idx, nid, tot, can, allowed, min_lea
     (code ``B``, sorted after every value). Each cut is then scored twice, with those rows sent right
     and sent left, eq. (ens-xgb-missing); the better direction is kept (right when equal).
     """
-    F, d, m1 = len(tot), codes.shape[1], s1.shape[1]
-    dev = s1.device
-    best_gain = torch.full((F,), -math.inf, dtype=s1.dtype, device=dev)
-    best_key = torch.zeros(F, dtype=torch.long, device=dev)
-    feat_best = torch.full((F, d), -math.inf, dtype=s1.dtype, device=dev)   # best gain per feature
-    keep = can[nid]
-    rows, node = idx[keep], nid[keep]
-    if len(rows) == 0:
-        return (best_gain, best_key, best_key.clone(), torch.zeros(F, dtype=torch.long, device=dev),
-                None if miss is None else torch.zeros(F, dtype=torch.bool, device=dev))
-    nb = B if miss is None else B + 1                                # codes per node in the sort key
+    F, d, m1 = len(tot), codes.shape[1], s1_t.shape[0]
+    dev = s1_t.device
+    big = torch.iinfo(torch.long).max
+    best_gain = torch.full((F,), -math.inf, dtype=s1_t.dtype, device=dev)
+    best_key = torch.full((F,), big, dtype=torch.long, device=dev)
+    feat_best = torch.full((F, d), -math.inf, dtype=s1_t.dtype, device=dev)   # best gain per feature
+    s = order.shape[1]
+    if s == 0:
+        z = torch.zeros(F, dtype=torch.long, device=dev)
+        return best_gain, z, z.clone(), z.clone(), None if miss is None else z.bool()
+    feats = (torch.arange(d, device=dev).expand(F, d) if allowed is None
+             else allowed.nonzero()[:, 1].view(F, -1))                    # (F, mf) drawn, ascending
+    mf = feats.shape[1]
     tot_c = tot * can[:, None].to(tot.dtype)
-    before = tot_c.cumsum(0) - tot_c                                 # stats of all earlier nodes, (F, m+1)
-    step = max(1, _MAX_CELLS // (len(rows) * m1))
-    for j0 in range(0, d, step):
-        J = torch.arange(j0, min(d, j0 + step), device=dev)
-        c = codes[rows][:, J]                                        # (s, dj)
-        order = torch.sort(node[:, None] * nb + c, dim=0, stable=True).indices
-        snode, scode = node[order], c.gather(0, order)               # (s, dj), node-major then value
-        L = s1[rows][order].cumsum(0) - before[snode]                # (s, dj, m+1) left child at each cut
-        P = tot[snode]
+    before = (tot_c.cumsum(0) - tot_c).T                             # (m+1, F) stats of all earlier nodes
+    tot_t = tot.T                                                    # (m+1, F)
+    # chunks of whole nodes, about _MAX_CELLS cells each; the running sum is carried across chunks
+    cap = max(1, _MAX_CELLS // (d * m1))
+    first_nodes = torch.searchsorted(start, torch.arange(0, s, cap, device=dev), right=True) - 1
+    bounds = torch.unique(start[first_nodes.clamp_min(0)]).tolist() + [s]
+    carry = torch.zeros(m1, mf if whole_numbers else d, dtype=s1_t.dtype, device=dev)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        o, node = order[:, a:b], pos_node[a:b]                       # (d, c), (c,)
+        fj = feats[node].T                                           # (mf, c) the nodes' drawn features
+        if allowed is not None and whole_numbers:
+            o = o.gather(0, fj)                                      # (mf, c) rows of the drawn features
+        S = s1_t[:, o]                                               # (m+1, d or mf, c)
+        S[:, :, 0] += carry
+        C = S.cumsum(2)                                              # running sum down each feature
+        carry = C[:, :, -1]
+        if allowed is not None and not whole_numbers:
+            C = C.gather(1, fj.expand(m1, -1, -1))                   # (m+1, mf, c)
+            o = o.gather(0, fj)
+        L = (C - before[:, None, node]).permute(1, 2, 0)             # (mf, c, m+1) left child of each cut
+        P = tot_t[:, None, node].permute(1, 2, 0)                    # (1, c, m+1) the parent
         R = P - L
-        cut = torch.zeros_like(snode, dtype=torch.bool)              # a cut after row p: next row is in
-        cut[:-1] = (snode[1:] == snode[:-1]) & (scode[1:] != scode[:-1])   # the same node, with a new value
+        scode = torch.take(codes, o * d + fj)                        # (mf, c) value code at each position
+        cut = torch.zeros_like(scode, dtype=torch.bool)              # a cut after position p: p + 1 is
+        cut[:, :-1] = (node[1:] == node[:-1]) & (scode[:, 1:] != scode[:, :-1])   # in the node, new value
         ok = cut & (L[..., -1] >= min_leaf) & (R[..., -1] >= min_leaf)
-        if allowed is not None:
-            ok &= allowed[snode, J]
         g = criterion.gain(L[..., :-1], R[..., :-1], P[..., :-1])
         g = torch.where(ok, g, torch.full_like(g, -math.inf))
         if miss is not None:                                         # the missing rows sent left
-            Lm = L + miss[snode, J]
+            Lm = L + miss[node[None, :], fj]
             Rm = P - Lm
             ok_m = cut & (Lm[..., -1] >= min_leaf) & (Rm[..., -1] >= min_leaf)
-            if allowed is not None:
-                ok_m &= allowed[snode, J]
             g_m = criterion.gain(Lm[..., :-1], Rm[..., :-1], P[..., :-1])
             g_m = torch.where(ok_m, g_m, torch.full_like(g_m, -math.inf))
             to_left = g_m > g
             g, ok = torch.maximum(g, g_m), ok | ok_m
-        chunk_best = torch.full((F,), -math.inf, dtype=g.dtype, device=dev).scatter_reduce(
-            0, snode.reshape(-1), g.reshape(-1), "amax")
-        hit = ok & (g == chunk_best[snode]) & torch.isfinite(g)
-        key = J * B + scode if miss is None else 2 * (J * B + scode) + to_left.long()
-        key = torch.where(hit, key, torch.iinfo(torch.long).max)
-        chunk_key = torch.full((F,), torch.iinfo(torch.long).max, dtype=torch.long, device=dev).scatter_reduce(
-            0, snode.reshape(-1), key.reshape(-1), "amin")
-        cell = snode * d + J                                         # (node, feature) of every candidate
-        feat_best.view(-1).scatter_reduce_(0, cell.reshape(-1), g.reshape(-1), "amax")
-        better = chunk_best > best_gain                              # a later block wins only if strictly
-        best_key = torch.where(better, chunk_key, best_key)          # better: the lowest feature among equals
-        best_gain = torch.maximum(best_gain, chunk_best)
+        nodes = node.expand_as(g).reshape(-1)
+        best_gain.scatter_reduce_(0, nodes, g.reshape(-1), "amax")
+        hit = ok & (g == best_gain[node]) & torch.isfinite(g)
+        key = fj * B + scode if miss is None else 2 * (fj * B + scode) + to_left.long()
+        key = torch.where(hit, key, big)                             # the lowest feature, then value
+        best_key.scatter_reduce_(0, nodes, key.reshape(-1), "amin")
+        feat_best.view(-1).scatter_reduce_(0, (node * d + fj).reshape(-1), g.reshape(-1), "amax")
+    best_key = torch.where(best_key == big, 0, best_key)
     ties = _count_ties(feat_best, best_gain, criterion, tot)
     if miss is None:
         return best_gain, best_key // B, best_key % B, ties, None
@@ -352,11 +448,13 @@ def _search_hist(codes, B, s1, criterion, idx, nid, tot, can, allowed, min_leaf,
         loc = local[nid]
         keep = loc >= 0
         rows, loc = idx[keep], loc[keep]
-        key = loc[:, None] * nb + codes.index_select(0, rows)       # (s, d) cell of each row's value
-        src = s1.index_select(0, rows)
-        hist = torch.zeros(d, C * nb, m1, dtype=s1.dtype, device=dev)
-        for j in range(d):                  # one index_add per feature: no copy of the rows per feature
-            hist[j].index_add_(0, key[:, j], src)
+        # one weighted bincount per statistic over all (feature, node, bin) cells at once: each cell
+        # adds its rows in row order, as a loop over features would
+        key = (codes.index_select(0, rows).T + loc * nb
+               + torch.arange(d, device=dev)[:, None] * (C * nb)).reshape(-1)   # (d s) cell per value
+        src = s1.index_select(0, rows).T                             # (m+1, s)
+        hist = torch.stack([torch.bincount(key, weights=w.repeat(d), minlength=d * C * nb)
+                            for w in src], 1)                        # (d C bins, m+1)
         hist = hist.view(d, C, nb, m1).transpose(0, 1)               # (C, d, bins, m+1)
         L = hist[:, :, :B].cumsum(2)                                 # left child after each bin
         P = tot[nodes][:, None, None, :]
@@ -430,7 +528,8 @@ def grow(X: torch.Tensor, stats: torch.Tensor, criterion, *, groups: torch.Tenso
         if max_bins is not None:
             raise ValueError("sample_rows is for the exact splitter (max_bins=None)")
         edges = bin_edges(X)
-        codes = _codes(X, edges)[sample_rows]
+        codes_of_rows = _codes(X, edges)
+        codes = codes_of_rows[sample_rows]
         X = X[sample_rows]
     n, d = X.shape
     dev = X.device
@@ -448,6 +547,10 @@ def grow(X: torch.Tensor, stats: torch.Tensor, criterion, *, groups: torch.Tenso
     B = edges.shape[1]
     s1 = torch.cat([stats, torch.ones(n, 1, dtype=stats.dtype, device=dev)], 1)   # last column: counts
     m = stats.shape[1]
+    s1_t = whole_numbers = None
+    if max_bins is None:                                             # for the exact search
+        s1_t = s1.T.contiguous()                                     # (m+1, n)
+        whole_numbers = bool((s1 == s1.round()).all()) and float(s1.abs().sum()) < 2.0 ** 53
     node_of = (torch.zeros(n, dtype=torch.long, device=dev) if groups is None else groups.clone())
     F = n_groups                                                     # nodes in the current level
     out = {k: [] for k in ("feature", "threshold", "left", "right", "value", "n_samples", "gain", "ties",
@@ -470,9 +573,30 @@ def grow(X: torch.Tensor, stats: torch.Tensor, criterion, *, groups: torch.Tenso
             r, j = nan[idx].nonzero(as_tuple=True)
             miss = torch.zeros(F * d, m + 1, dtype=s1.dtype, device=dev).index_add_(
                 0, nid[r] * d + j, s1[idx[r]]).view(F, d, m + 1)
-        search = _search_sorted if max_bins is None else _search_hist
-        best_gain, best_feat, best_bin, n_ties, to_left = search(codes, B, s1, criterion, idx, nid, tot,
-                                                                 can, allowed, min_samples_leaf, miss)
+        if max_bins is None:                 # exact: the rows sorted per feature, kept sorted
+            if depth == 0:
+                keep = can[nid]
+                if sample_rows is not None and whole_numbers and groups is not None:
+                    order = _root_order_of_draws(codes_of_rows, sample_rows, groups, n_groups)
+                    order = order[:, can[groups[order[0]]]]          # node-major: same in every row
+                else:
+                    order = _root_order(codes, B + 1, idx[keep], nid[keep])
+                sizes = torch.bincount(nid[keep], minlength=F)
+                start = sizes.cumsum(0) - sizes
+            else:
+                searched = (node_of >= 0) & can[node_of.clamp_min(0)]
+                sizes = torch.bincount(node_of[searched], minlength=F)
+                new_start = torch.cat([sizes.cumsum(0) - sizes, sizes.sum().view(1)])
+                row_code = (1 - (node_of & 1) + 2 * (~searched).long()).int()   # bit 0: goes left
+                order = _partition(order, pos_node, start, row_code, left_child, new_start)
+                start = new_start[:-1]
+            pos_node = torch.repeat_interleave(torch.arange(F, device=dev), sizes)
+            best_gain, best_feat, best_bin, n_ties, to_left = _search_sorted(
+                codes, B, s1_t, criterion, order, pos_node, start, tot, can, allowed, min_samples_leaf, miss,
+                whole_numbers)
+        else:
+            best_gain, best_feat, best_bin, n_ties, to_left = _search_hist(
+                codes, B, s1, criterion, idx, nid, tot, can, allowed, min_samples_leaf, miss)
         split = can & (best_gain > criterion.min_gain) & torch.isfinite(best_gain)
 
         # route the samples of split nodes, and place the threshold
@@ -514,6 +638,7 @@ def grow(X: torch.Tensor, stats: torch.Tensor, criterion, *, groups: torch.Tenso
 
         new = torch.full((n,), -1, dtype=torch.long, device=dev)
         new[idx] = torch.where(in_split, 2 * rank[nid] + (~goes_left).long(), -1)
+        left_child = torch.where(split, 2 * rank, -1)
         node_of, base, F = new, base + F, 2 * n_split
         depth += 1
     cat = {k: torch.cat(v) for k, v in out.items()}

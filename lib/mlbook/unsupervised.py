@@ -102,24 +102,25 @@ def _assign(Xt: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
 def _means(X: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor, *, index_add: bool | None = None) -> torch.Tensor:
     """Mean of the points of each cluster; an empty cluster keeps its centre. Implements (km-update).
 
-    On the CPU the per-cluster sums are an ``index_add_`` (several times faster there); elsewhere a
-    one-hot matrix product, which unlike a scatter-add is deterministic on a GPU. ``index_add``
-    forces one or the other (``None``: choose by device).
+    ``X`` is ``(n, d)``, or ``(n, d + 1)`` with a column of ones appended (:func:`lloyd` appends it
+    once): then one pass sums the points of every cluster and counts them (the last column). On the
+    CPU that pass is an ``index_add_`` (several times faster there); elsewhere a one-hot matrix
+    product, which unlike a scatter-add is deterministic on a GPU. ``index_add`` forces one or the
+    other (``None``: choose by device).
     """
     b, k, d = centres.shape
+    X1 = X if X.shape[1] == d + 1 else torch.cat([X, torch.ones_like(X[:, :1])], 1)
     if index_add is None:
-        index_add = X.device.type == "cpu"
+        index_add = X1.device.type == "cpu"
     if index_add:
-        sums = torch.zeros(b, k, d, dtype=X.dtype, device=X.device)
+        sums = torch.zeros(b, k, d + 1, dtype=X1.dtype, device=X1.device)
         for r in range(b):                                   # one pass over X per restart, no copies
-            sums[r].index_add_(0, labels[r], X)
-        flat = (labels + k * torch.arange(b, device=X.device).unsqueeze(1)).reshape(-1)   # (b*n,) cluster ids
-        counts = torch.bincount(flat, minlength=b * k).view(b, k, 1).to(X.dtype)
+            sums[r].index_add_(0, labels[r], X1)
     else:
-        onehot = (labels.unsqueeze(1) == torch.arange(k, device=X.device).view(1, k, 1)).to(X.dtype)  # (b, k, n)
-        sums = (onehot.reshape(b * k, -1) @ X).view(b, k, d)
-        counts = onehot.sum(-1, keepdim=True)                                    # (b, k, 1)
-    return torch.where(counts > 0, sums / counts.clamp_min(1), centres)
+        onehot = (labels.unsqueeze(1) == torch.arange(k, device=X1.device).view(1, k, 1)).to(X1.dtype)
+        sums = (onehot.reshape(b * k, -1) @ X1).view(b, k, d + 1)                  # onehot (b, k, n)
+    counts = sums[..., d:]                                                       # (b, k, 1)
+    return torch.where(counts > 0, sums[..., :d] / counts.clamp_min(1), centres)
 
 
 def lloyd(X: torch.Tensor, centres: torch.Tensor, *, max_iter: int = 300, tol: float = 0.0, history: bool = False):
@@ -136,12 +137,13 @@ def lloyd(X: torch.Tensor, centres: torch.Tensor, *, max_iter: int = 300, tol: f
     centres = _checks.tensor(centres, "centres", ndim=3, last_dim=X.shape[1], floating=True)
     b = centres.shape[0]
     Xt = X.T.contiguous()                                                        # (d, n)
+    X1 = torch.cat([X, torch.ones_like(X[:, :1])], 1)                            # (n, d + 1)
     labels = _assign(Xt, centres)                                                 # (b, n)
     active = torch.ones(b, dtype=torch.bool, device=X.device)
     n_iter = torch.zeros(b, dtype=torch.long, device=X.device)
     trace = [(centres, labels)] if history else None
     for _ in range(max_iter):
-        new = _means(X, labels, centres)
+        new = _means(X1, labels, centres)
         new = torch.where(active.view(b, 1, 1), new, centres)
         shift = (new - centres).square().sum((1, 2))                             # (b,)
         new_labels = _assign(Xt, new)
@@ -153,7 +155,9 @@ def lloyd(X: torch.Tensor, centres: torch.Tensor, *, max_iter: int = 300, tol: f
             trace.append((centres, labels))
         if not bool(active.any()):
             break
-    inertia = squared_distances(X, centres).gather(-1, labels.unsqueeze(-1)).squeeze(-1).sum(1)  # (b,)
+    # each point against its own centre only: n d work, not the n k d of all the distances
+    own = centres.gather(1, labels.unsqueeze(-1).expand(-1, -1, X.shape[1]))    # (b, n, d)
+    inertia = (X - own).square().sum((1, 2))                                     # (b,)
     return centres, labels, inertia, n_iter, trace
 
 
