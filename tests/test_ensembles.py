@@ -382,3 +382,236 @@ def test_hessian_sketch_fits_the_training_rows_better_than_uniform_bins():
     assert loss["hessian"] < loss["uniform"]
     with pytest.raises(ValueError, match="sketch"):
         E.NewtonBoostingClassifier(2, splitter="hist", sketch="exact").fit(X, y)
+
+
+# ------------------------------------------------------------ losses: exponential, L1, Huber
+
+def test_exponential_minimiser_is_half_the_log_odds_and_minimises_the_expected_loss():
+    F = torch.linspace(-4, 4, 80001, dtype=torch.float64)
+    for p in (0.05, 0.3, 0.5, 0.9):
+        best = F[(p * torch.exp(-F) + (1 - p) * torch.exp(F)).argmin()]
+        assert abs(float(best - E.exponential_minimiser(p))) < 2e-4
+        assert math.isclose(float(torch.sigmoid(2 * E.exponential_minimiser(p))), p, rel_tol=1e-12)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        E.exponential_minimiser(1.0)
+
+
+def test_margin_weights_are_minus_the_derivative_and_their_ratio_is_cosh():
+    z = torch.linspace(-5, 5, 21, dtype=torch.float64, requires_grad=True)
+    for loss, fn in (("exponential", lambda t: torch.exp(-t)),
+                     ("deviance", lambda t: torch.log1p(torch.exp(-2 * t)))):
+        (grad,) = torch.autograd.grad(fn(z).sum(), z)
+        assert torch.allclose(E.margin_weight(z.detach(), loss), -grad, rtol=1e-12)
+    z = z.detach()
+    ratio = E.margin_weight(z, "exponential") / E.margin_weight(z, "deviance")
+    assert torch.allclose(ratio, torch.cosh(z), rtol=1e-12)
+    assert float(E.margin_weight(torch.tensor(-50.0), "deviance")) <= 2
+    with pytest.raises(ValueError, match="loss"):
+        E.margin_weight(z, "hinge")
+
+
+def test_flip_labels_flips_exactly_the_requested_share():
+    y = torch.randint(0, 2, (200,), generator=torch.Generator().manual_seed(0))
+    noisy, flipped = E.flip_labels(y, 0.2, torch.Generator().manual_seed(1))
+    assert int(flipped.sum()) == 40 and torch.equal(noisy[flipped], 1 - y[flipped])
+    assert torch.equal(noisy[~flipped], y[~flipped])
+    with pytest.raises(ValueError, match="labels in"):
+        E.flip_labels(y + 1, 0.1)
+    with pytest.raises(ValueError, match="fraction"):
+        E.flip_labels(y, 1.5)
+    X, t = E.sphere_data(2000, generator=torch.Generator().manual_seed(0))
+    assert X.shape == (2000, 10) and abs(float(t.double().mean()) - 0.5) < 0.04   # median split
+
+
+def test_exponential_gradient_boosting_equals_scikit_learns():
+    from sklearn.ensemble import GradientBoostingClassifier as SkGBC
+    X, y = _blobs(150)
+    ours = E.GradientBoostingClassifier(15, loss="exponential", max_depth=2, min_samples_leaf=3).fit(X, y)
+    sk = SkGBC(loss="exponential", n_estimators=15, max_depth=2, min_samples_leaf=3,
+               random_state=0).fit(X.astype(np.float32), y)
+    assert np.allclose(ours.predict_proba(X)[:, 1].numpy(), sk.predict_proba(X.astype(np.float32))[:, 1],
+                       atol=1e-9)
+    with pytest.raises(ValueError, match="loss"):
+        E.GradientBoostingClassifier(2, loss="hinge").fit(X, y)
+    with pytest.raises(ValueError, match="binary"):
+        E.GradientBoostingClassifier(2, loss="exponential").fit(X, np.arange(150) % 3)
+
+
+def test_weighted_quantile_is_the_inverted_cdf_per_group():
+    v = torch.tensor([4.0, 1.0, 3.0, 2.0, 10.0, 7.0, 8.0], dtype=torch.float64)
+    g = torch.tensor([0, 0, 0, 0, 2, 2, 2])
+    med = E.weighted_quantile(v, 0.5, g, 3)
+    assert med.tolist() == [2.0, 0.0, 8.0]                     # lower middle; empty group 0
+    assert float(E.weighted_quantile(v, 0.9)[0]) == float(np.quantile(v.numpy(), 0.9, method="inverted_cdf"))
+    with pytest.raises(ValueError, match="q must"):
+        E.weighted_quantile(v, 0.0)
+
+
+@pytest.mark.parametrize("loss", ["squared_error", "huber"])
+def test_regression_losses_equal_scikit_learns(loss):
+    from sklearn.ensemble import GradientBoostingRegressor as SkGBR
+    rng = np.random.RandomState(0)
+    X = rng.randn(150, 3).astype(np.float32)
+    y = X[:, 0] + np.sin(2 * X[:, 1]) + rng.standard_t(2, 150)
+    kw = dict(n_estimators=20, max_depth=2, min_samples_leaf=5, learning_rate=0.2)
+    ours = E.GradientBoostingRegressor(loss=loss, **kw).fit(X, y)
+    sk = SkGBR(loss=loss, random_state=0, **kw).fit(X, y)
+    Xt = rng.randn(300, 3).astype(np.float32)
+    assert np.allclose(ours.predict(Xt).numpy(), sk.predict(Xt), atol=1e-9)
+
+
+def test_absolute_error_leaves_are_medians_and_the_fit_is_robust():
+    rng = np.random.RandomState(0)
+    X = rng.randn(200, 2)
+    y = X[:, 0].copy()
+    y[:10] += 1000.0                                            # ten wild outliers
+    l1 = E.GradientBoostingRegressor(30, loss="absolute_error", max_depth=2).fit(X, y)
+    l2 = E.GradientBoostingRegressor(30, loss="squared_error", max_depth=2).fit(X, y)
+    clean = slice(10, None)
+    err = {k: float(np.abs(m.predict(X).numpy()[clean] - X[clean, 0]).mean()) for k, m in
+           (("l1", l1), ("l2", l2))}
+    assert err["l1"] < err["l2"] / 5
+    one = E.GradientBoostingRegressor(1, loss="absolute_error", max_depth=1, learning_rate=1.0).fit(X, y)
+    r = torch.as_tensor(y) - float(np.median(y))
+    leaf = trees.apply(one.ensemble_, torch.as_tensor(X, dtype=torch.float64))[:, 0]
+    for j in leaf.unique():
+        rows = r[leaf == j]
+        want = rows.sort().values[(len(rows) - 1) // 2]
+        assert math.isclose(float(one.ensemble_.value[j, 0]), float(want), rel_tol=1e-12)
+    with pytest.raises(ValueError, match="alpha"):
+        E.GradientBoostingRegressor(2, loss="huber", alpha=1.0).fit(X, y)
+    with pytest.raises(ValueError, match="loss"):
+        E.GradientBoostingRegressor(2, loss="quantile").fit(X, y)
+
+
+def test_huber_leaf_interpolates_mean_and_median_and_the_checker_judges():
+    r = torch.tensor([0.0, 1.0, 2.0, 3.0, 50.0], dtype=torch.float64)
+    assert math.isclose(float(E.huber_leaf(r, 1e6)[0]), float(r.mean()))
+    assert math.isclose(float(E.huber_leaf(r, 1e-9)[0]), 2.0, abs_tol=1e-8)
+    assert float(E.huber_leaf(r, 1.0)[0]) == 2.0 + (-1 - 1 + 0 + 1 + 1) / 5
+
+    def right(r, delta):
+        m = r.sort().values[(len(r) - 1) // 2]
+        return float(m + (torch.sign(r - m) * (r - m).abs().clamp(max=delta)).mean())
+
+    def mean_only(r, delta):
+        return float(r.mean())
+
+    assert E.check_huber_leaf(right)
+    assert not E.check_huber_leaf(mean_only)
+
+
+# ------------------------------------------------------------ AdaBoost by resampling, AdaBoost.R2
+
+def test_adaboost_by_resampling_learns_and_is_seeded():
+    X, y = _blobs(200)
+    a = E.AdaBoostClassifier(20, resample=True, random_state=3).fit(X, y)
+    b = E.AdaBoostClassifier(20, resample=True, random_state=3).fit(X, y)
+    assert torch.equal(a.alphas_, b.alphas_) and len(a.alphas_) == 20
+    assert (a.errors_ < 0.5).all() and float((a.predict(X) == torch.as_tensor(y)).double().mean()) > 0.85
+    w = E.AdaBoostClassifier(20).fit(X, y)
+    assert not torch.equal(a.alphas_, w.alphas_)                # the draws change the trees
+    with pytest.raises(TypeError, match="resample"):
+        E.AdaBoostClassifier(2, resample="yes").fit(X, y)
+
+
+def test_weighted_median_is_the_first_value_reaching_half_the_weight():
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randn(30, 7, generator=g, dtype=torch.float64)
+    weights = torch.rand(7, generator=g, dtype=torch.float64)
+    got = E.weighted_median(pred, weights)
+    for i in range(30):
+        order = pred[i].argsort()
+        cum = weights[order].cumsum(0)
+        k = next(j for j in range(7) if cum[j] >= 0.5 * cum[-1])
+        assert got[i] == pred[i, order[k]]
+    assert torch.equal(E.weighted_median(pred, torch.ones(7, dtype=torch.float64)),
+                       pred.sort(1).values[:, 3])               # equal weights: the plain median
+
+
+@pytest.mark.parametrize("loss", ["linear", "square", "exponential"])
+def test_adaboost_r2_is_as_good_as_scikit_learns(loss):
+    from sklearn.datasets import make_friedman1
+    from sklearn.ensemble import AdaBoostRegressor as SkAda
+    from sklearn.tree import DecisionTreeRegressor
+    X, y = make_friedman1(300, noise=1.0, random_state=0)
+    Xt, yt = make_friedman1(500, noise=0.0, random_state=1)
+    ours = E.AdaBoostRegressor(20, loss=loss, max_depth=3).fit(X, y)
+    sk = SkAda(DecisionTreeRegressor(max_depth=3), n_estimators=20, loss=loss, random_state=0).fit(X, y)
+    rmse = [float(np.sqrt(np.mean((np.asarray(p) - yt) ** 2))) for p in (ours.predict(Xt), sk.predict(Xt))]
+    assert abs(rmse[0] - rmse[1]) < 0.15 * rmse[1]
+    assert (ours.losses_ < 0.5).all() and (ours.alphas_ > 0).all()
+    assert torch.equal(ours.staged_predict(Xt)[-1], ours.predict(Xt))
+    with pytest.raises(ValueError, match="loss"):
+        E.AdaBoostRegressor(2, loss="huber").fit(X, y)
+
+
+def test_weighted_median_checker_passes_a_right_answer_and_fails_the_plain_median():
+    def right(values, weights):
+        order = values.argsort()
+        cum = weights[order].cumsum(0)
+        return float(values[order][int((cum >= cum[-1] / 2).nonzero()[0])])
+
+    def plain(values, weights):
+        return float(values.median())
+
+    assert E.check_weighted_median(right)
+    assert not E.check_weighted_median(plain)
+
+
+# ------------------------------------------------------------ column subsampling
+
+def test_column_subsampling_keeps_each_tree_to_its_columns():
+    from sklearn.datasets import make_classification
+    X, y = make_classification(300, 8, n_informative=5, random_state=0)
+    full = E.NewtonBoostingClassifier(10, max_depth=3).fit(X, y)
+    same = E.NewtonBoostingClassifier(10, max_depth=3, colsample_bytree=1.0, colsample_bynode=1.0).fit(X, y)
+    assert torch.equal(full.predict_proba(X), same.predict_proba(X))
+    sub = E.NewtonBoostingClassifier(10, max_depth=3, colsample_bytree=0.25, random_state=2).fit(X, y)
+    owner = E.tree_of_nodes(sub.ensemble_)
+    for t, cols in enumerate(sub.columns_):
+        assert len(cols) == 2
+        used = sub.ensemble_.feature[(owner == t) & (sub.ensemble_.feature >= 0)]
+        assert set(used.tolist()) <= set(cols.tolist())
+    node = E.NewtonBoostingRegressor(5, max_depth=2, colsample_bynode=0.5).fit(X, y.astype(float))
+    again = E.NewtonBoostingRegressor(5, max_depth=2, colsample_bynode=0.5).fit(X, y.astype(float))
+    assert torch.equal(node.predict(X), again.predict(X))          # seeded
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="colsample_bytree"):
+            E.NewtonBoostingClassifier(2, colsample_bytree=bad).fit(X, y)
+    with pytest.raises(ValueError, match="colsample_bynode"):
+        E.NewtonBoostingClassifier(2, colsample_bynode=-1.0).fit(X, y)
+
+
+def test_mean_tree_correlation_of_copies_is_one_and_of_independent_columns_near_zero():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(500, 1, generator=g, dtype=torch.float64)
+    assert math.isclose(E.mean_tree_correlation(torch.cat([a, 2 * a, a + 1, torch.zeros_like(a)], 1)), 1.0,
+                        rel_tol=1e-12)                          # the constant column is left out
+    assert abs(E.mean_tree_correlation(torch.randn(500, 6, generator=g, dtype=torch.float64))) < 0.05
+    with pytest.raises(ValueError, match="two trees"):
+        E.mean_tree_correlation(torch.cat([a, torch.zeros_like(a)], 1))
+
+
+@pytest.mark.parametrize("est", [E.AdaBoostRegressor(5), E.AdaBoostClassifier(5, resample=True),
+                                 E.GradientBoostingRegressor(5, loss="huber"),
+                                 E.GradientBoostingClassifier(5, loss="exponential"),
+                                 E.NewtonBoostingClassifier(5, colsample_bytree=0.5, colsample_bynode=0.5)],
+                         ids=lambda e: type(e).__name__)
+def test_scikit_learn_tools_run_on_the_new_variants(est):
+    test_scikit_learn_tools_run_on_every_estimator(est)
+
+
+def test_partial_dependence_equals_scikit_learns_brute_method():
+    from sklearn.ensemble import GradientBoostingClassifier as SkGBC
+    from sklearn.inspection import partial_dependence as sk_pd
+    X, y = _blobs(120)
+    grid = np.linspace(-1.5, 1.5, 7)
+    for est in (SkGBC(n_estimators=10, max_depth=2, random_state=0).fit(X, y),
+                E.GradientBoostingRegressor(10, max_depth=2).fit(X, X[:, 0] + y)):
+        want = sk_pd(est, X, [1], custom_values={1: grid}, method="brute")["average"][0]
+        assert np.allclose(E.partial_dependence(est, X, 1, grid).numpy(), want, atol=1e-12)
+    with pytest.raises(ValueError, match="feature"):
+        E.partial_dependence(est, X, 2, grid)
+    with pytest.raises(ValueError, match="grid"):
+        E.partial_dependence(est, X, 0, [])

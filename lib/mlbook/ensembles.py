@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
 
 from . import _checks
 from .device import get_device
@@ -21,8 +21,10 @@ from .trees import (Gini, Newton, SquaredError, Tree, _as_float32_values, _targe
                     _codes, _weights, apply, bin_edges, grow, impurity_importance, tree_of_nodes)
 
 __all__ = ["stack", "tree_of_nodes", "tree_correlation", "averaged_variance", "forest_variance",
-           "adaboost_bound", "newton_gain", "StackingClassifier", "check_gini_gain", "RandomForestClassifier", "RandomForestRegressor",
-           "AdaBoostClassifier", "GradientBoostingRegressor", "GradientBoostingClassifier",
+           "adaboost_bound", "newton_gain", "StackingClassifier", "check_gini_gain", "check_huber_leaf", "check_weighted_median",
+           "weighted_quantile", "huber_leaf", "exponential_minimiser", "margin_weight", "flip_labels", "sphere_data", "mean_tree_correlation", "partial_dependence",
+           "RandomForestClassifier", "RandomForestRegressor",
+           "AdaBoostClassifier", "AdaBoostRegressor", "weighted_median", "GradientBoostingRegressor", "GradientBoostingClassifier",
            "NewtonBoostingRegressor", "NewtonBoostingClassifier"]
 
 
@@ -257,6 +259,18 @@ def tree_correlation(pred: torch.Tensor) -> dict[str, float]:
             "cov": float(cov.mean())}
 
 
+def mean_tree_correlation(contrib: torch.Tensor) -> float:
+    """Mean Pearson correlation over all pairs of trees of their outputs ``contrib`` ``(n, T)`` at
+    ``n`` points (one column per tree); trees constant on the points are left out."""
+    contrib = _checks.tensor(contrib, "contrib", ndim=2, floating=True)
+    keep = contrib.std(0) > 0
+    if int(keep.sum()) < 2:
+        raise ValueError("need at least two trees that are not constant on the points")
+    C = torch.corrcoef(contrib[:, keep].T)
+    T = C.shape[0]
+    return float((C.sum() - C.diagonal().sum()) / (T * (T - 1)))
+
+
 def averaged_variance(s2: float, rho: float, n_trees: int) -> float:
     """Variance of the mean of ``n_trees`` predictors of variance ``s2`` and correlation ``rho``,
     ``rho s^2 + (1 - rho) s^2 / B``, eq. (ens-bag-var)."""
@@ -295,6 +309,51 @@ def adaboost_bound(errors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return product, torch.exp(-2 * torch.cumsum(gamma * gamma, 0))
 
 
+def exponential_minimiser(p) -> torch.Tensor:
+    """The score that minimises the expected exponential loss ``E[exp(-y F) | x]`` when
+    ``P(y = 1 | x) = p``: half the log-odds, eq. (ensb-exp-min). ``p`` must lie in (0, 1)."""
+    p = torch.as_tensor(p, dtype=torch.float64)
+    if not bool(((p > 0) & (p < 1)).all()):
+        raise ValueError("p must lie strictly between 0 and 1")
+    return 0.5 * torch.log(p / (1 - p))
+
+
+def margin_weight(margin, loss: str) -> torch.Tensor:
+    """The weight ``-d loss / d z`` that a row with margin ``z = y F(x)`` gets in the next round:
+    ``exp(-z)`` for the exponential loss, eq. (ensb-exp-weight), and ``2 / (1 + exp(2 z))`` for the
+    binomial deviance ``log(1 + exp(-2 z))``, eq. (ensb-dev-weight)."""
+    _checks.choice(loss, "loss", ("exponential", "deviance"))
+    z = torch.as_tensor(margin, dtype=torch.float64)
+    return torch.exp(-z) if loss == "exponential" else 2 * torch.sigmoid(-2 * z)
+
+
+def flip_labels(y: torch.Tensor, fraction: float, generator: torch.Generator | None = None):
+    """Flip a random ``fraction`` of binary labels (``0 <-> 1``, exactly ``round(fraction n)`` rows).
+
+    Returns ``(noisy labels, mask of the flipped rows)``; draws on the CPU with ``generator``."""
+    y = _checks.tensor(y, "y", ndim=1)
+    fraction = _checks.real(fraction, "fraction", nonnegative=True)
+    if fraction > 1:
+        raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
+    if not bool(((y == 0) | (y == 1)).all()):
+        raise ValueError("flip_labels needs labels in {0, 1}")
+    k = round(fraction * len(y))
+    flipped = torch.zeros(len(y), dtype=torch.bool)
+    flipped[torch.randperm(len(y), generator=generator)[:k]] = True
+    flipped = flipped.to(y.device)
+    return torch.where(flipped, 1 - y, y), flipped
+
+
+def sphere_data(n: int, d: int = 10, generator: torch.Generator | None = None):
+    """ESL's nested-spheres problem (their eq. 10.2): ``x ~ N(0, I_d)``, ``y = 1`` iff ``sum_j x_j^2``
+    exceeds the median of the chi-squared distribution with ``d`` degrees of freedom. CPU float64."""
+    from scipy.stats import chi2
+    n = _checks.integer(n, "n", minimum=1)
+    d = _checks.integer(d, "d", minimum=1)
+    X = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    return X, ((X * X).sum(1) > chi2.median(d)).long()
+
+
 class AdaBoostClassifier(ClassifierMixin, _TensorScoring, BaseEstimator):
     """AdaBoost with the multi-class SAMME learner weight; for two classes it is discrete AdaBoost.
 
@@ -303,21 +362,34 @@ class AdaBoostClassifier(ClassifierMixin, _TensorScoring, BaseEstimator):
     eq. (ens-ada-alpha), and multiplies the weights of misclassified rows by ``exp(alpha_t)``,
     eq. (ens-ada-reweight). After ``fit``: ``errors_``, ``alphas_``, ``sample_weights_`` (the weights
     each round saw, ``(rounds, n)``).
+
+    ``resample=True`` is AdaBoost by resampling, for weak learners that take no weights: each round
+    grows its tree, unweighted, on ``n`` rows drawn with replacement with probabilities ``w``,
+    eq. (ensb-resample), and computes the weighted error on all rows; a tree no better than chance
+    on the weighted rows is discarded and the sample drawn again (up to 10 draws before boosting
+    stops). ``random_state`` seeds the draws.
     """
 
     ensemble_ = None
+    _DRAWS = 10
 
     def __init__(self, n_estimators: int = 50, *, learning_rate: float = 1.0, max_depth: int = 1,
-                 device=None):
+                 resample: bool = False, random_state: int = 0, device=None):
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
         self.max_depth = max_depth
+        self.resample = resample
+        self.random_state = random_state
         self.device = device
 
     def fit(self, X, y) -> "AdaBoostClassifier":
         _checks.integer(self.n_estimators, "n_estimators", minimum=1)
         _checks.real(self.learning_rate, "learning_rate", positive=True)
         _checks.integer(self.max_depth, "max_depth", minimum=1)
+        _checks.integer(self.random_state, "random_state", minimum=0)
+        if not isinstance(self.resample, bool):
+            raise TypeError(f"resample must be True or False, got {self.resample!r}")
+        gen = torch.Generator().manual_seed(self.random_state)
         self.device_ = get_device(self.device)
         X = _as_float32_values(_checks.features(X, device=self.device_))
         y = _targets(y, len(X), X.device, classification=True)
@@ -330,9 +402,17 @@ class AdaBoostClassifier(ClassifierMixin, _TensorScoring, BaseEstimator):
         w = torch.full((len(X),), 1.0 / len(X), dtype=torch.float64, device=X.device)
         trees, errors, alphas, weights = [], [], [], []
         for _ in range(self.n_estimators):
-            tree = grow(X, crit.stats(y_enc, w), crit, max_depth=self.max_depth)
-            miss = tree.value[apply(tree, X)[:, 0]].argmax(1) != y_enc
-            eps = float((w * miss).sum() / w.sum())
+            for _draw in range(self._DRAWS if self.resample else 1):
+                if self.resample:            # a sample drawn by the weights, eq. (ensb-resample)
+                    rows = _draw_by_weight(w, gen)
+                    tree = grow(X[rows], crit.stats(y_enc[rows], torch.ones_like(w)), crit,
+                                max_depth=self.max_depth)
+                else:
+                    tree = grow(X, crit.stats(y_enc, w), crit, max_depth=self.max_depth)
+                miss = tree.value[apply(tree, X)[:, 0]].argmax(1) != y_enc
+                eps = float((w * miss).sum() / w.sum())
+                if eps < 1 - 1 / K:          # useful on the weighted sample; else draw again
+                    break
             if eps >= 1 - 1 / K:            # no better than chance: the weights cannot move
                 if not trees:
                     raise RuntimeError("the first weak learner is no better than chance; boosting cannot start")
@@ -367,6 +447,100 @@ class AdaBoostClassifier(ClassifierMixin, _TensorScoring, BaseEstimator):
 
     def predict(self, X) -> torch.Tensor:
         return self.staged_predict(X)[-1]                   # staged_predict checks fitted first
+
+
+def _draw_by_weight(w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """``len(w)`` row indices drawn with replacement, row ``i`` with probability ``w_i / sum w``."""
+    return torch.multinomial(w.cpu(), len(w), replacement=True, generator=gen).to(w.device)
+
+
+def weighted_median(pred: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per row of ``pred`` ``(n, T)``, the weighted median of its ``T`` values with learner weights
+    ``weights`` ``(T,)``: the smallest value whose cumulative weight reaches half the total,
+    eq. (ensb-r2-median); AdaBoost.R2's prediction."""
+    order = pred.argsort(1)                                                  # (n, T)
+    cum = weights[order].cumsum(1)
+    first = (cum >= 0.5 * cum[:, -1:]).long().argmax(1)                      # first index reaching half
+    return pred.gather(1, order.gather(1, first[:, None]))[:, 0]
+
+
+class AdaBoostRegressor(RegressorMixin, _TensorScoring, BaseEstimator):
+    """AdaBoost.R2 (Drucker 1997), the algorithm of scikit-learn's ``AdaBoostRegressor``.
+
+    Round ``t`` grows a depth-``max_depth`` regression tree on ``n`` rows drawn with replacement by the
+    weights ``w``, eq. (ensb-resample); scores every row's error ``e_i = |h_t(x_i) - y_i| / max_i``,
+    passed through ``loss`` (``"linear"``: ``e``, ``"square"``: ``e^2``, ``"exponential"``:
+    ``1 - exp(-e)``), eq. (ensb-r2-loss); with the weighted mean ``L_t`` of these and
+    ``beta_t = L_t / (1 - L_t)`` gives the tree the weight ``lr log(1 / beta_t)`` and multiplies
+    ``w_i`` by ``beta_t^(lr (1 - e_i))``, eq. (ensb-r2-update). It stops early when ``L_t >= 1/2``
+    (dropping that tree unless it is the first) or ``L_t = 0``. The prediction is the weighted median
+    of the trees', eq. (ensb-r2-median). After ``fit``: ``alphas_``, ``losses_``.
+    """
+
+    ensemble_ = None
+
+    def __init__(self, n_estimators: int = 50, *, learning_rate: float = 1.0, loss: str = "linear",
+                 max_depth: int = 3, random_state: int = 0, device=None):
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.loss = loss
+        self.max_depth = max_depth
+        self.random_state = random_state
+        self.device = device
+
+    def fit(self, X, y) -> "AdaBoostRegressor":
+        _checks.integer(self.n_estimators, "n_estimators", minimum=1)
+        lr = _checks.real(self.learning_rate, "learning_rate", positive=True)
+        loss = _checks.choice(self.loss, "loss", ("linear", "square", "exponential"))
+        _checks.integer(self.max_depth, "max_depth", minimum=1)
+        _checks.integer(self.random_state, "random_state", minimum=0)
+        self.device_ = get_device(self.device)
+        X = _features(self, X)
+        y = _targets(y, len(X), X.device, classification=False)
+        self.n_features_in_ = X.shape[1]
+        gen = torch.Generator().manual_seed(self.random_state)
+        w = torch.full((len(X),), 1.0 / len(X), dtype=torch.float64, device=X.device)
+        ones = torch.ones_like(w)
+        trees, alphas, losses = [], [], []
+        for t in range(self.n_estimators):
+            rows = _draw_by_weight(w, gen)
+            tree = grow(X[rows], SquaredError.stats(y[rows], ones), SquaredError(), max_depth=self.max_depth)
+            err = (tree.value[apply(tree, X)[:, 0], 0] - y).abs()
+            if err.max() > 0:
+                err = err / err.max()
+            if loss == "square":
+                err = err * err
+            elif loss == "exponential":
+                err = 1 - torch.exp(-err)
+            L = float((w * err).sum())                                     # eq. (ensb-r2-loss)
+            if L <= 0:                                 # a perfect tree: weight 1 and stop
+                trees.append(tree), alphas.append(1.0), losses.append(L)
+                break
+            if L >= 0.5:                               # no better than the threshold: stop
+                if not trees:                          # kept alone: its weight does not matter
+                    trees.append(tree), alphas.append(1.0), losses.append(L)
+                break
+            beta = L / (1 - L)
+            trees.append(tree), alphas.append(lr * math.log(1 / beta)), losses.append(L)
+            if t < self.n_estimators - 1:              # eq. (ensb-r2-update)
+                w = w * beta ** ((1 - err) * lr)
+                w = w / w.sum()
+        self.ensemble_ = stack(trees)
+        self.alphas_ = torch.tensor(alphas, dtype=torch.float64)
+        self.losses_ = torch.tensor(losses, dtype=torch.float64)
+        return self
+
+    def staged_predict(self, X) -> torch.Tensor:
+        """The weighted median of the first ``t`` trees, for every ``t``: ``(rounds, n)``."""
+        X = _check_X(self, X, "ensemble_")
+        pred = self.ensemble_.value[apply(self.ensemble_, X), 0]             # (n, rounds)
+        a = self.alphas_.to(X.device)
+        return torch.stack([weighted_median(pred[:, :t], a[:t]) for t in range(1, len(a) + 1)])
+
+    def predict(self, X) -> torch.Tensor:
+        X = _check_X(self, X, "ensemble_")
+        pred = self.ensemble_.value[apply(self.ensemble_, X), 0]
+        return weighted_median(pred, self.alphas_.to(X.device))
 
 
 # ------------------------------------------------------------------------ gradient boosting
@@ -465,7 +639,7 @@ class _Boosting(_TensorScoring, BaseEstimator):
     def _proba(self, raw):
         if self.n_outputs_ > 1:                                # K > 2 classes: softmax of K scores
             return torch.softmax(raw, -1)
-        p = torch.sigmoid(raw)
+        p = torch.sigmoid(2 * raw if getattr(self, "loss_", None) == "exponential" else raw)
         return torch.stack([1 - p, p], -1)
 
 
@@ -473,17 +647,96 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
+def weighted_quantile(values: torch.Tensor, q: float, groups: torch.Tensor | None = None,
+                      n_groups: int = 1) -> torch.Tensor:
+    """The ``q``-quantile of ``values`` within each group (unit weights): the smallest value whose
+    share of its group's rows at or below it reaches ``q`` (the inverted CDF, scikit-learn's
+    ``_weighted_percentile``; for ``q = 1/2`` and an even count, the lower of the two middle values).
+
+    Returns ``(n_groups,)``, 0 for an empty group. The leaf rule of the absolute and Huber losses,
+    eqs. (ensb-l1-leaf) and (ensb-huber-leaf), and the Huber threshold, eq. (ensb-huber-delta).
+    """
+    q = _checks.real(q, "q")
+    if not 0 < q <= 1:
+        raise ValueError(f"q must lie in (0, 1], got {q}")
+    if groups is None:
+        groups = torch.zeros(len(values), dtype=torch.long, device=values.device)
+    order = torch.argsort(values, stable=True)
+    order = order[torch.argsort(groups[order], stable=True)]              # by group, then value
+    counts = torch.bincount(groups, minlength=n_groups)
+    start = torch.cumsum(counts, 0) - counts
+    k = torch.ceil((100.0 * q) / 100.0 * counts.to(torch.float64)).long().clamp_min(1) - 1
+    at = (start + k).clamp_max(max(len(values) - 1, 0))
+    out = values[order][at] if len(values) else torch.zeros(n_groups, dtype=values.dtype)
+    return torch.where(counts > 0, out, torch.zeros_like(out))
+
+
+def _leaf_values(tree: Tree, X, rule) -> Tree:
+    """Set every leaf to ``rule(leaf_ids, n_nodes)`` (a value per node) computed on its rows."""
+    leaf = apply(tree, X)[:, 0]
+    tree.value = rule(leaf, len(tree.feature))[:, None].to(torch.float64)
+    return tree
+
+
+def huber_leaf(r: torch.Tensor, delta: float, groups: torch.Tensor | None = None,
+               n_groups: int = 1) -> torch.Tensor:
+    """Friedman's one-step Huber leaf value, eq. (ensb-huber-leaf): the leaf median ``m`` of the
+    residuals ``r`` plus the mean of ``sign(r - m) min(delta, |r - m|)`` over the leaf's rows."""
+    if groups is None:
+        groups = torch.zeros(len(r), dtype=torch.long, device=r.device)
+    med = weighted_quantile(r, 0.5, groups, n_groups)
+    d = r - med[groups]
+    clipped = torch.sign(d) * torch.clamp(d.abs(), max=delta)
+    total = torch.zeros(n_groups, dtype=r.dtype, device=r.device).index_add_(0, groups, clipped)
+    counts = torch.bincount(groups, minlength=n_groups).clamp_min(1)
+    return med + total / counts
+
+
 class GradientBoostingRegressor(RegressorMixin, _Boosting):
-    """Least-squares gradient boosting: each tree fits the residuals ``y - F``, eq. (ens-gb-residual)."""
+    """Gradient boosting for regression (Friedman's TreeBoost) with three losses.
+
+    ``loss="squared_error"``: each tree fits the residuals ``y - F``, eq. (ens-gb-residual).
+    ``loss="absolute_error"``: the tree fits their signs; each leaf is then set to the median of the
+    residuals of its rows, eq. (ensb-l1-leaf). ``loss="huber"``: each round the threshold ``delta`` is
+    the ``alpha``-quantile of ``|y - F|``, eq. (ensb-huber-delta); the tree fits the clipped residuals
+    and each leaf gets Friedman's one-step value, eq. (ensb-huber-leaf). The robust losses start from
+    the median of ``y``, squared error from the mean. scikit-learn's names and its default ``alpha``.
+    """
+
+    def __init__(self, n_estimators: int = 100, *, loss: str = "squared_error", alpha: float = 0.9,
+                 learning_rate: float = 0.1, max_depth: int = 3, min_samples_leaf: int = 1,
+                 subsample: float = 1.0, splitter: str = "exact", max_bins: int = 255,
+                 random_state: int = 0, device=None):
+        super().__init__(n_estimators, learning_rate=learning_rate, max_depth=max_depth,
+                         min_samples_leaf=min_samples_leaf, subsample=subsample, splitter=splitter,
+                         max_bins=max_bins, random_state=random_state, device=device)
+        self.loss = loss
+        self.alpha = alpha
 
     def fit(self, X, y) -> "GradientBoostingRegressor":
+        loss = _checks.choice(self.loss, "loss", ("squared_error", "absolute_error", "huber"))
+        alpha = _checks.real(self.alpha, "alpha")
+        if not 0 < alpha < 1:
+            raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
         X, y = self._prepare(X, y, classification=False)
         w = torch.ones_like(y)
+        self.deltas_ = []
 
         def step(F, rows):
-            return [self._grow(X[rows], SquaredError.stats(y[rows] - F[rows, 0], w[rows]), SquaredError())]
+            r = y[rows] - F[rows, 0]
+            if loss == "squared_error":
+                return [self._grow(X[rows], SquaredError.stats(r, w[rows]), SquaredError())]
+            if loss == "absolute_error":
+                tree = self._grow(X[rows], SquaredError.stats(torch.sign(r), w[rows]), SquaredError())
+                return [_leaf_values(tree, X[rows], lambda g, m: weighted_quantile(r, 0.5, g, m))]
+            delta = float(weighted_quantile(r.abs(), alpha)[0])               # eq. (ensb-huber-delta)
+            self.deltas_.append(delta)
+            target = torch.where(r.abs() <= delta, r, delta * torch.sign(r))
+            tree = self._grow(X[rows], SquaredError.stats(target, w[rows]), SquaredError())
+            return [_leaf_values(tree, X[rows], lambda g, m: huber_leaf(r, delta, g, m))]
 
-        self._boost(X, torch.tensor([float(y.mean())], dtype=torch.float64, device=X.device), step)
+        start = float(y.mean()) if loss == "squared_error" else float(torch.quantile(y, 0.5))
+        self._boost(X, torch.tensor([start], dtype=torch.float64, device=X.device), step)
         return self
 
     def predict(self, X) -> torch.Tensor:
@@ -508,11 +761,38 @@ class GradientBoostingClassifier(ClassifierMixin, _Boosting):
     ``K > 2`` classes: the softmax (multinomial) loss with one score per class; each round fits one
     tree per class to ``y_k - p_k`` and sets its leaves to ``(K-1)/K sum (y_k - p_k) / sum p_k (1-p_k)``,
     eq. (ens-gb-softmax-leaf).
+    ``loss="exponential"`` (two classes): AdaBoost's loss ``exp(-y F)`` with ``y`` in {-1, +1}, fitted
+    by gradient boosting; it starts from half the log-odds, eq. (ensb-exp-min), each tree fits
+    ``y exp(-y F)`` and its leaves take one Newton step, ``sum y e^{-yF} / sum e^{-yF}``; the class
+    probability is ``sigmoid(2F)``. scikit-learn's loss of the same name.
     """
 
+    def __init__(self, n_estimators: int = 100, *, loss: str = "log_loss", learning_rate: float = 0.1,
+                 max_depth: int = 3, min_samples_leaf: int = 1, subsample: float = 1.0,
+                 splitter: str = "exact", max_bins: int = 255, random_state: int = 0, device=None):
+        super().__init__(n_estimators, learning_rate=learning_rate, max_depth=max_depth,
+                         min_samples_leaf=min_samples_leaf, subsample=subsample, splitter=splitter,
+                         max_bins=max_bins, random_state=random_state, device=device)
+        self.loss = loss
+
     def fit(self, X, y) -> "GradientBoostingClassifier":
+        loss = self.loss_ = _checks.choice(self.loss, "loss", ("log_loss", "exponential"))
         X, y = self._prepare(X, y, classification=True, binary=False)
         K = len(self.classes_)
+        if loss == "exponential":
+            if K != 2:
+                raise ValueError(f"the exponential loss is binary: y must hold exactly 2 classes, got {K}")
+            s = 2 * y.to(torch.float64) - 1                                     # labels in {-1, +1}
+            w = torch.ones_like(s)
+
+            def step(F, rows):
+                e = torch.exp(-s[rows] * F[rows, 0])          # AdaBoost's weights, eq. (ensb-exp-weight)
+                tree = self._grow(X[rows], SquaredError.stats(s[rows] * e, w[rows]), SquaredError())
+                return [_newton_leaves(tree, X[rows], s[rows] * e, e)]
+
+            p = float(y.to(torch.float64).mean())            # the population minimiser, eq. (ensb-exp-min)
+            self._boost(X, torch.tensor([0.5 * _logit(p)], dtype=torch.float64, device=X.device), step)
+            return self
         if K == 2:
             yf = y.to(torch.float64)
             w = torch.ones_like(yf)
@@ -569,6 +849,11 @@ class _NewtonBoosting(_Boosting):
 
     ``X`` may hold missing values (NaN), in ``fit`` and ``predict``: every split learns a default
     direction for them, eq. (ens-xgb-missing) (see :func:`mlbook.trees.grow`).
+
+    Column subsampling, XGBoost's: ``colsample_bytree`` draws for every tree a fraction of the
+    features (without replacement) that its splits may use; ``colsample_bynode`` then draws, at every
+    node, a fraction of the tree's features to search, eq. (ensb-colsample). Both default to 1 (all).
+    ``random_state`` seeds the draws; ``columns_`` keeps each tree's features.
     """
 
     _missing = True
@@ -576,13 +861,16 @@ class _NewtonBoosting(_Boosting):
     def __init__(self, n_estimators: int = 100, *, learning_rate: float = 0.1, max_depth: int = 3,
                  min_samples_leaf: int = 1, subsample: float = 1.0, splitter: str = "exact",
                  max_bins: int = 255, sketch: str = "uniform", reg_lambda: float = 1.0,
-                 gamma: float = 0.0, random_state: int = 0, device=None):
+                 gamma: float = 0.0, colsample_bytree: float = 1.0, colsample_bynode: float = 1.0,
+                 random_state: int = 0, device=None):
         super().__init__(n_estimators, learning_rate=learning_rate, max_depth=max_depth,
                          min_samples_leaf=min_samples_leaf, subsample=subsample, splitter=splitter,
                          max_bins=max_bins, random_state=random_state, device=device)
         self.sketch = sketch
         self.reg_lambda = reg_lambda
         self.gamma = gamma
+        self.colsample_bytree = colsample_bytree
+        self.colsample_bynode = colsample_bynode
 
     def _gradients(self, y, F):
         raise NotImplementedError
@@ -591,11 +879,31 @@ class _NewtonBoosting(_Boosting):
         self.criterion_ = Newton(_checks.real(self.reg_lambda, "reg_lambda", nonnegative=True),
                                  _checks.real(self.gamma, "gamma", nonnegative=True))
         weighted = _checks.choice(self.sketch, "sketch", ("uniform", "hessian")) == "hessian"
+        by_tree = _fraction(self.colsample_bytree, "colsample_bytree")
+        by_node = _fraction(self.colsample_bynode, "colsample_bynode")
+        d = X.shape[1]
+        gen = torch.Generator().manual_seed(self.random_state + 1)        # the column draws
+        self.columns_ = []
 
         def step(F, rows):
             g, h = self._gradients(y[rows], F[rows, 0])                       # eq. (ens-xgb-taylor)
-            return [self._grow(X[rows], Newton.stats(g, h), self.criterion_,
-                               bin_weights=h if weighted else None)]
+            if by_tree >= 1 and by_node >= 1:
+                return [self._grow(X[rows], Newton.stats(g, h), self.criterion_,
+                                   bin_weights=h if weighted else None)]
+            cols = torch.arange(d)                    # colsample_bytree: this tree's columns
+            if by_tree < 1:
+                cols = torch.randperm(d, generator=gen)[:max(1, int(by_tree * d))].sort().values
+            per_node = max(1, int(by_node * len(cols))) if by_node < 1 else None
+            cols = cols.to(X.device)
+            self.columns_.append(cols)
+            binned = None if self._binned is None or weighted else (self._binned[0][cols],
+                                                        self._binned[1][:, cols].contiguous())
+            tree = grow(X[rows][:, cols], Newton.stats(g, h), self.criterion_, max_depth=self.max_depth,
+                        min_samples_leaf=self.min_samples_leaf, max_features=per_node, generator=gen,
+                        max_bins=None if self.splitter == "exact" else self.max_bins,
+                        bin_weights=h if weighted else None, binned=binned)
+            tree.feature = torch.where(tree.feature >= 0, cols[tree.feature.clamp_min(0)], tree.feature)
+            return [tree]
 
         self._boost(X, torch.tensor([init], dtype=torch.float64, device=X.device), step)
 
@@ -633,6 +941,37 @@ class NewtonBoostingClassifier(ClassifierMixin, _NewtonBoosting):
     def predict(self, X) -> torch.Tensor:
         raw = self.staged_raw(X)[-1]
         return self.classes_[(raw > 0).long()]
+
+
+# ------------------------------------------------------------------------ partial dependence
+
+def partial_dependence(est, X, feature: int, grid) -> torch.Tensor:
+    """Partial dependence of a fitted model on one feature, eq. (ensb-pd): for each value ``v`` of
+    ``grid``, the mean over the rows of ``X`` of the model's response with feature ``feature`` set to
+    ``v`` (the "brute" method of ``sklearn.inspection.partial_dependence``).
+
+    The response is ``predict_proba(X)[:, 1]`` for a binary classifier and ``predict(X)`` otherwise.
+    ``X`` is passed to the model as given (a tensor or an array). Returns ``(len(grid),)`` float64.
+    """
+    is_tensor = isinstance(X, torch.Tensor)
+    if not is_tensor:
+        X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or len(X) == 0:
+        raise ValueError(f"X must be a non-empty 2-D table, got shape {tuple(X.shape)}")
+    feature = _checks.integer(feature, "feature", minimum=0)
+    if feature >= X.shape[1]:
+        raise ValueError(f"feature must be below the number of columns {X.shape[1]}, got {feature}")
+    grid = torch.as_tensor(np.asarray(_to_numpy(grid), dtype=np.float64))
+    if grid.ndim != 1 or len(grid) == 0:
+        raise ValueError("grid must be a non-empty 1-D sequence of values")
+    classifier = is_classifier(est) and hasattr(est, "predict_proba")
+    out = []
+    for v in grid.tolist():
+        Xv = X.clone() if is_tensor else X.copy()
+        Xv[:, feature] = v
+        resp = est.predict_proba(Xv)[:, 1] if classifier else est.predict(Xv)
+        out.append(float(np.mean(_to_numpy(resp), dtype=np.float64)))
+    return torch.tensor(out, dtype=torch.float64)
 
 
 # ------------------------------------------------------------------------ stacking
@@ -741,3 +1080,50 @@ def check_gini_gain(fn) -> Verdict:
              "weight by the counts: the formula uses N_k^2 / N, not the impurity 1 - sum p_k^2."),
     ]
     return check(fn, cases, name=getattr(fn, "__name__", "gini_gain"))
+
+
+def check_huber_leaf(fn) -> Verdict:
+    """Check a reader's ``fn(r, delta) -> float``: Friedman's one-step Huber value of one leaf,
+    eq. (ensb-huber-leaf), from the residuals ``r`` of its rows: the median ``m`` (for an even count
+    the lower middle value) plus the mean of ``sign(r - m) min(delta, |r - m|)``."""
+    def case(what, r, delta, hint):
+        r = torch.tensor(r, dtype=torch.float64)
+        want = float(huber_leaf(r, delta)[0])
+        return Case(what, (r, delta),
+                    lambda got: math.isclose(float(got), want, rel_tol=1e-9, abs_tol=1e-12), hint)
+
+    cases = [
+        case("no residual is far from the median: the mean", [1.0, 2.0, 4.0], 10.0,
+             "with every |r - m| <= delta nothing is clipped, and m + mean(r - m) is the mean of r."),
+        case("one outlier, clipped to delta", [0.0, 1.0, 2.0, 100.0, 3.0], 1.5,
+             "the median is the middle residual; clip each r - m to [-delta, delta] before averaging."),
+        case("an even count: the lower middle value", [4.0, 1.0, 3.0, 2.0], 0.5,
+             "for an even count take the lower of the two middle residuals as the median."),
+        case("a single row: its own residual", [-7.0], 2.0,
+             "one row: its median is itself and r - m = 0."),
+    ]
+    return check(fn, cases, name=getattr(fn, "__name__", "huber_leaf"))
+
+
+def check_weighted_median(fn) -> Verdict:
+    """Check a reader's ``fn(values, weights) -> float``: AdaBoost.R2's prediction at one point,
+    eq. (ensb-r2-median), the smallest of the trees' ``values`` whose cumulative weight (values
+    sorted ascending) reaches half the total of ``weights``."""
+    def case(what, values, weights, hint):
+        v = torch.tensor(values, dtype=torch.float64)
+        w = torch.tensor(weights, dtype=torch.float64)
+        want = float(weighted_median(v[None, :], w)[0])
+        return Case(what, (v, w), lambda got: math.isclose(float(got), want, rel_tol=1e-12, abs_tol=1e-12),
+                    hint)
+
+    cases = [
+        case("equal weights, odd count: the median", [3.0, 1.0, 2.0], [1.0, 1.0, 1.0],
+             "sort the values first; the weights travel with their values."),
+        case("one heavy tree decides", [5.0, 1.0, 2.0, 3.0], [10.0, 1.0, 1.0, 1.0],
+             "take the first value whose cumulative weight reaches half the total, not the plain median."),
+        case("exactly half: the lower value", [1.0, 2.0], [1.0, 1.0],
+             "cumulative weight >= half the total (not >): with two equal weights, the smaller value."),
+        case("unsorted values with unequal weights", [0.5, -2.0, 4.0, 1.5, 0.0], [0.3, 0.1, 0.2, 0.25, 0.15],
+             "carry each weight with its value when sorting (argsort the values, index the weights)."),
+    ]
+    return check(fn, cases, name=getattr(fn, "__name__", "weighted_median"))
