@@ -73,18 +73,28 @@ def probability_flow(score, process: NoiseProcess):
 @torch.no_grad()
 def sample_ancestral(score: Score, process: NoiseProcess, x: torch.Tensor, ts: Times, *,
                      generator: torch.Generator | None = None, callback: Callback | None = None,
-                     show_progress: bool | None = None) -> torch.Tensor:
+                     show_progress: bool | None = None,
+                     variance: str = "beta_tilde") -> torch.Tensor:
     """Ancestral sampling: x_s ~ q(x_s | x_t, x0_hat) with Tweedie's x0_hat, eqs. (ddpm-ancestral), (gauss-posterior).
 
-    With a DDPM process and its full grid this is Ho et al.'s sampler with the posterior variance
-    beta_tilde; on a coarser grid it takes the same Gaussian step between the grid's times.
+    With a DDPM process and its full grid this is Ho et al.'s sampler; on a coarser grid it takes
+    the same Gaussian step between the grid's times. The mean is always the posterior mean;
+    ``variance`` picks the step's variance rho^2 (page ``diffusion_ddpm``, eq. (ddpm-ancestral)):
+    ``"beta_tilde"`` (default) the posterior variance of q(x_s | x_t, x_0), ``"beta"`` the forward
+    variance sigma_t^2 - (alpha_t / alpha_s)^2 sigma_s^2 of q(x_t | x_s) (beta_t on the full DDPM
+    grid). Either way a step that ends where the posterior variance is zero (s = 0 on a DDPM grid)
+    adds no noise.
     """
+    variance = _checks.choice(variance, "variance", ("beta_tilde", "beta"))
     ts = _setup(score, process, x, ts)
     for i in _steps(ts, show_progress, "ancestral"):
         t, s = _t(ts[i], x), _t(ts[i + 1], x)
         a, sig = _col(process.alpha(t), x), _col(process.sigma(t), x)
         x0_hat = (x + sig**2 * score(x, t)) / a                                   # eq. (score-tweedie)
         mean, std = process.posterior(x, x0_hat, t, s)
+        if variance == "beta":
+            var_ts = sig**2 - (a / _col(process.alpha(s), x)) ** 2 * _col(process.sigma(s), x) ** 2
+            std = torch.where(std > 0, var_ts.clamp_min(0).sqrt(), torch.zeros_like(std))
         x = mean + std * _noise(x, generator)
         if callback is not None:
             callback(i, float(ts[i + 1]), x)
