@@ -61,7 +61,7 @@ notebooks: $(VENV)/.installed
 	$(PY) tests/execute.py --check -j $(JOBS)
 
 browser: book
-	$(PY) -m pytest tests/browser -q -s -rs
+	$(PY) -m pytest tests/browser -q -s -rs -n $(JOBS)
 
 test: $(VENV)/.installed
 	$(PY) tests/notebook_tools.py check
