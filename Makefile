@@ -52,7 +52,7 @@ book-quick: $(VENV)/.installed
 	$(PY) tests/build_part.py --out _build/quick --pages --no-glue-check
 
 unit: $(VENV)/.installed
-	$(PY) -m pytest tests --ignore=tests/browser -q
+	$(PY) -m pytest tests --ignore=tests/browser -q -n $(JOBS)
 
 # Execute (through the cache) and check: cell errors and failed asserts, the outputs of cells
 # tagged nbval-check-output, and each kernel's CPU time against the 60 s budget. One torch thread

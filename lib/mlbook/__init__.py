@@ -4,7 +4,7 @@ Modules are flat and named after what they hold:
 
 - ``device``: where tensors live (``get_device``), seeding (``seed_all``), device-independent draws
 - ``data``: toy 2-D distributions with exact densities, scikit-learn's bundled data sets
-- ``metrics``: sample-quality metrics (MMD, sliced Wasserstein, W1 to an exact CDF) and their noise floor
+- ``metrics``: sample-quality metrics (MMD, sliced Wasserstein, W1 to an exact CDF), their noise floor, and per-mode weights and widths against a known mixture
 - ``train``: the one training loop, and progress bars
 - ``widgets``: the one widget helper (``slider_plot``), live in Jupyter and in the static book
 - ``plot``, ``report``: plot defaults and drawing helpers; text tables and timers
