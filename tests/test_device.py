@@ -217,3 +217,12 @@ def test_randint_rejects_bad_high(bad, error):
 def test_draws_reject_a_bad_device():
     with pytest.raises(ValueError, match="not a device name"):
         dv.randn(3, device="gpu0")
+
+
+def test_inverse_cdf_draws_follow_the_probabilities_and_survive_rounding():
+    from mlbook.device import inverse_cdf
+    probs = torch.tensor([[0.2, 0.5, 0.3]]).expand(3, -1)
+    u = torch.tensor([[0.1], [0.6], [0.9999999]])
+    assert inverse_cdf(probs, u).tolist() == [0, 1, 2]
+    short = torch.tensor([[0.5, 0.4999]])                 # sums below 1 by rounding
+    assert inverse_cdf(short, torch.tensor([[0.99995]])).tolist() == [1]

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _checks, nets
-from .device import rand
+from .device import inverse_cdf, rand
 from .kl import k3
 
 __all__ = ["TabularPolicy", "MLPPolicy", "RewardModel",
@@ -668,7 +668,7 @@ class SequencePolicy(nn.Module):
             out, h = self.gru(self.embed(tokens[:, -1:]), h)
             probs = torch.softmax(self.head(out[:, -1]), -1)               # (n, V)
             u = rand(n, 1, generator=generator, device=dev, dtype=probs.dtype)
-            nxt = (probs.cumsum(-1) <= u).sum(-1).clamp(max=self.vocab - 1)
+            nxt = inverse_cdf(probs, u)
             tokens = torch.cat([tokens, nxt[:, None]], dim=1)
         return tokens[:, 1:]
 

@@ -87,6 +87,13 @@ def rand(*shape: int, generator: torch.Generator | None = None, device=None,
     return torch.rand(*shape, generator=generator, dtype=dtype).to(get_device(device))
 
 
+def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One categorical draw per row of ``probs`` ``(n, k)`` from uniforms ``u`` ``(n, 1)`` (e.g. from
+    :func:`rand`, so the stream is the same on every device): the first index whose cumulative
+    probability exceeds u, clamped against rounding in the last cumulative sum. Returns ``(n,)``."""
+    return (probs.cumsum(-1) <= u).sum(-1).clamp(max=probs.shape[-1] - 1)
+
+
 def randint(high: int, *shape: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
     """Integers uniform on {0, ..., high - 1}, drawn on the CPU then moved to ``device``."""
     high = _checks.integer(high, "high", minimum=1)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _checks, nets, sde, train as _train
-from .device import get_device, rand, randn
+from .device import get_device, inverse_cdf, rand, randn
 
 __all__ = ["EnergyMLP", "check_bounds", "uniform_in", "info_nce_loss", "energy_loss", "hinge_loss", "grid_nll", "ml_surrogate_loss",
            "energy_score", "cd_loss", "dfo_argmin", "langevin_argmin", "ImplicitRegressor",
@@ -611,8 +611,8 @@ def soft_q_learning(mdp: TabularMDP, gamma: float, alpha: float, *, steps: int, 
         pi = (boltzmann_policy(Q[rows, s], alpha) if behaviour == "boltzmann"
               else torch.full((n_agents, n_a), 1.0 / n_a, dtype=Q.dtype, device=dev))   # (n, A)
         u = rand(n_agents, 2, generator=generator, device=dev, dtype=torch.float64)
-        a = _inverse_cdf(pi, u[:, :1])                                          # (n,)
-        nxt = _inverse_cdf(mdp.P[s, a], u[:, 1:])
+        a = inverse_cdf(pi, u[:, :1])                                          # (n,)
+        nxt = inverse_cdf(mdp.P[s, a], u[:, 1:])
         done = mdp.terminal[nxt]
         v_next = torch.where(done, 0.0, soft_value(Q[rows, nxt], alpha))
         target = mdp.R[s, a] + gamma * v_next
@@ -623,12 +623,6 @@ def soft_q_learning(mdp: TabularMDP, gamma: float, alpha: float, *, steps: int, 
         age = torch.where(restart, 0, age)
         s = torch.where(restart, mdp.start, nxt)
     return {"Q": Q, "ends": ends, "episodes": ends.sum(-1)}
-
-
-def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """One draw per row of ``probs`` ``(n, k)`` from uniforms ``u`` ``(n, 1)``: the first index whose
-    cumulative probability exceeds u (clamped, against rounding in the last cumulative sum)."""
-    return (probs.cumsum(-1) <= u).sum(-1).clamp(max=probs.shape[-1] - 1)
 
 
 def policy_return(mdp: TabularMDP, pi: torch.Tensor, gamma: float) -> torch.Tensor:
