@@ -85,6 +85,40 @@ def test_replacement_keeps_the_known_coordinates():
     assert bool(torch.isfinite(out).all()) and float(out[:, 1].std()) > 0.1
 
 
+def test_resampling_brings_replacement_closer_to_the_exact_conditional():
+    # x ~ N(0, [[1, .95], [.95, 1]]), x_0 = 1 known: x_1 | x_0 = 1 is N(0.95, 0.0975)
+    vp = VP()
+    prior = inverse.FullGaussianMixture([[0.0, 0.0]], [[[1.0, 0.95], [0.95, 1.0]]], [1.0])
+    score, n = inverse.PosteriorScore(prior, vp), 2000
+    known = torch.zeros(n, 2, dtype=torch.float64)
+    known[:, 0] = 1.0
+    mask = torch.zeros(n, 2, dtype=torch.bool)
+    mask[:, 0] = True
+    errors = {}
+    for jumps in (1, 10):
+        x = vp.prior(n, 2, generator=torch.Generator().manual_seed(4)).double()
+        out = inverse.replace_known(sampling.sample_ancestral, score, vp, x, vp.time_grid(20), known,
+                                    mask, jumps=jumps, generator=torch.Generator().manual_seed(5))
+        assert torch.equal(out[:, 0], known[:, 0])
+        errors[jumps] = abs(float(out[:, 1].mean()) - 0.95)
+    assert errors[1] > 0.2                      # plain replacement misses the conditional mean
+    assert errors[10] < 0.5 * errors[1]         # resampling recovers most of it
+
+
+def test_one_jump_is_plain_replacement():
+    vp = VP()
+    x = vp.prior(8, 2, generator=torch.Generator().manual_seed(4)).double()
+    known, mask = torch.ones(8, 2, dtype=torch.float64), torch.zeros(8, 2, dtype=torch.bool)
+    mask[:, 0] = True
+    runs = [inverse.replace_known(sampling.sample_ancestral, MixtureScore(MIX, vp), vp, x,
+                                  vp.time_grid(5), known, mask, generator=torch.Generator().manual_seed(1),
+                                  **kw) for kw in ({}, {"jumps": 1})]
+    assert torch.equal(runs[0], runs[1])
+    with pytest.raises(ValueError, match="jumps"):
+        inverse.replace_known(sampling.sample_ancestral, MixtureScore(MIX, vp), vp, x,
+                              vp.time_grid(5), known, mask, jumps=0)
+
+
 def test_full_mixture_samples_have_the_right_moments():
     post = inverse.mixture_posterior(MIX, A, Y, R)
     x = post.sample(20000, generator=torch.Generator().manual_seed(6))

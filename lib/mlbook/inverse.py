@@ -265,11 +265,19 @@ def dps_score(score, process: NoiseProcess, A, y, noise_std: float, zeta: float 
 
 
 def replace_known(sampler, score, process: NoiseProcess, x: torch.Tensor, ts, known: torch.Tensor,
-                  mask: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
-    r"""Inpainting by replacement (Lugmayr et al. 2022, without resampling): after every step of ``sampler`` (any
+                  mask: torch.Tensor, *, jumps: int = 1,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    r"""Inpainting by replacement (equation ``inv-replace``): after every step of ``sampler`` (any
     book sampler, run on the two times ``ts[i], ts[i + 1]``), the known coordinates (``mask`` true)
     are overwritten by a fresh draw of the noised truth, :math:`\alpha_s x_{\mathrm{known}} +
-    \sigma_s \varepsilon`; at the last time they are set to the truth itself."""
+    \sigma_s \varepsilon`; at the last time they are set to the truth itself.
+
+    ``jumps > 1`` adds RePaint's resampling (Lugmayr et al. 2022, equation ``inv-repaint``): the
+    step from ``ts[i]`` to ``ts[i + 1]`` is taken ``jumps`` times, and between two of them the
+    whole state is noised back from ``ts[i + 1]`` to ``ts[i]`` by the forward transition
+    :math:`x \mapsto (\alpha_i/\alpha_{i+1}) x + \sqrt{\sigma_i^2 - (\alpha_i/\alpha_{i+1})^2
+    \sigma_{i+1}^2}\,\varepsilon`, so that the unknown part gets to agree with the known part.
+    ``jumps=1`` is plain replacement (the same random draws as without the argument)."""
     _checks.tensor(x, "x", ndim=2, floating=True)
     if known.shape != x.shape or mask.shape != x.shape:
         raise ValueError(f"known and mask must have the shape of x {tuple(x.shape)}, got "
@@ -279,14 +287,23 @@ def replace_known(sampler, score, process: NoiseProcess, x: torch.Tensor, ts, kn
     ts = torch.as_tensor(ts)
     if ts.ndim != 1 or len(ts) < 2:
         raise ValueError("ts must be a decreasing grid of at least two times")
+    jumps = _checks.integer(jumps, "jumps", minimum=1)
     known = known.to(x)
+
+    def noise(like: torch.Tensor) -> torch.Tensor:
+        return torch.randn(like.shape, generator=generator, dtype=like.dtype).to(like.device)
+
     for i in range(len(ts) - 1):
-        x = sampler(score, process, x, ts[i:i + 2], generator=generator, show_progress=False)
-        s = ts[i + 1].expand(x.shape[0]).to(x)
-        noisy = (_col(process.alpha(s), x) * known
-                 + _col(process.sigma(s), x) * torch.randn(x.shape, generator=generator,
-                                                           dtype=x.dtype).to(x.device))
-        x = torch.where(mask, known if i == len(ts) - 2 else noisy, x)
+        last = i == len(ts) - 2
+        for u in range(1 if last else jumps):
+            if u > 0:                                   # back from ts[i + 1] to ts[i]
+                ratio = process.alpha(ts[i]) / process.alpha(ts[i + 1])
+                spread = (process.sigma(ts[i]) ** 2 - (ratio * process.sigma(ts[i + 1])) ** 2)
+                x = float(ratio) * x + float(spread.clamp_min(0).sqrt()) * noise(x)
+            x = sampler(score, process, x, ts[i:i + 2], generator=generator, show_progress=False)
+            s = ts[i + 1].expand(x.shape[0]).to(x)
+            noisy = _col(process.alpha(s), x) * known + _col(process.sigma(s), x) * noise(x)
+            x = torch.where(mask, known if last else noisy, x)
     return x
 
 
