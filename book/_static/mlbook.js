@@ -52,14 +52,23 @@
     });
   }
 
+  // Measure once the formulas are typeset, and again after every resize. The count of
+  // measurements is left on the page (data-mlbook-measured) so that a test can wait for it.
+  var measured = 0;
+  function measure() {
+    markWideMath();
+    cueAll();
+    document.documentElement.dataset.mlbookMeasured = String(++measured);
+  }
+
   document.addEventListener("DOMContentLoaded", forwardToggles);
   window.addEventListener("load", function () {
     var typeset = window.MathJax && MathJax.startup && MathJax.startup.promise;
-    (typeset || Promise.resolve()).then(function () { markWideMath(); cueAll(); });
+    (typeset || Promise.resolve()).then(measure);
     var timer;
     window.addEventListener("resize", function () {
       clearTimeout(timer);
-      timer = setTimeout(function () { markWideMath(); cueAll(); }, 150);
+      timer = setTimeout(measure, 150);
     });
     // Folded code opens later: measure what a click reveals.
     document.addEventListener("toggle", function () { setTimeout(cueAll, 50); }, true);

@@ -253,6 +253,8 @@ OVERFLOWING = """() => {
   }
   return wide;
 }"""
+# The book's script (book/_static/mlbook.js) counts its measurements of wide formulas and boxes.
+MEASURED = "n => Number(document.documentElement.dataset.mlbookMeasured || 0) > n"
 PAGE_WIDER_THAN_SCREEN = "() => document.documentElement.scrollWidth > window.innerWidth + 1"
 BAD_ALT = """() => Array.from(document.querySelectorAll("article img"))
   .filter(i => !i.alt || /\\.(png|jpe?g|gif|svg|webp)$/i.test(i.alt) || i.alt.includes("_images/"))
@@ -274,7 +276,7 @@ def test_every_page_renders_offline(server, browser, path):
         assert page.bytes <= MAX_PAGE_BYTES, f"{path} weighs {page.bytes / 1e6:.1f} MB"
         assert page.page.evaluate(BAD_ALT) == [], "images whose alt text is a file path or empty"
         # Desktop: nothing cut, every code cell, output and table fits its column.
-        page.page.wait_for_timeout(100)
+        page.page.wait_for_function(MEASURED, arg=0, timeout=10_000)    # the book's script measured
         assert page.page.evaluate(CLIPPED_MATH) == [], f"formulas cut off at {DESKTOP} px"
         assert page.page.evaluate(OVERFLOWING) == [], f"boxes wider than the column at {DESKTOP} px"
         assert not page.page.evaluate(PAGE_WIDER_THAN_SCREEN)
@@ -284,8 +286,9 @@ def test_every_page_renders_offline(server, browser, path):
             _check_sliders(page, path)
             _assert_clean(page)
         # Phone: wide things scroll inside their own boxes, never the page; nothing is cut.
+        count = int(page.page.evaluate("document.documentElement.dataset.mlbookMeasured"))
         page.page.set_viewport_size({"width": PHONE, "height": 844})
-        page.page.wait_for_timeout(400)                          # the resize handler re-measures
+        page.page.wait_for_function(MEASURED, arg=count, timeout=10_000)   # re-measured after resizing
         assert page.page.evaluate(CLIPPED_MATH) == [], f"formulas cut off at {PHONE} px"
         assert not page.page.evaluate(PAGE_WIDER_THAN_SCREEN), f"the page scrolls sideways at {PHONE} px"
     finally:
