@@ -27,6 +27,7 @@ Modules are flat and named after what they hold:
 - ``ebm``: energy MLPs, InfoNCE, derivative-free and Langevin inference
 - ``alignment``: Bradley-Terry rewards, KL-regularised policies, RLHF, DPO, GRPO
 - ``diffusion``: noise processes (VP, VE, DDPM, EDM), parameterisations, the exact mixture score, losses
+- ``score``: score matching without the score: Hyvarinen's exact-trace objective, sliced and denoising score matching
 - ``sampling``: diffusion samplers with one shared signature (DDIM to DPM-Solver++), and guidance
 - ``latent_diffusion``: autoencoders for latent diffusion, class-conditional EDM in a latent
 - ``selfsup``: augmentations of digits, InfoNCE, SimSiam, masked prediction, probes
