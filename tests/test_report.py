@@ -101,21 +101,43 @@ def test_table_text_is_what_ipython_shows_as_plain_text():
 
 
 def test_glue_works_without_myst_nb(monkeypatch, capsys):
-    import builtins
+    import importlib.util
 
     from mlbook.report import glue
 
-    real_import = builtins.__import__
+    real_find_spec = importlib.util.find_spec
 
     def no_myst(name, *args, **kwargs):
-        if name.startswith("myst_nb"):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
+        return None if name.startswith("myst_nb") else real_find_spec(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_myst)
+    monkeypatch.setattr(importlib.util, "find_spec", no_myst)
     glue("some-key", 0.5)                       # no page to paste into: nothing happens
+    assert capsys.readouterr().out == ""
     glue("some-key", 0.25, display=True)        # shown instead
     assert "0.25" in capsys.readouterr().out
+
+
+def test_glue_writes_what_myst_nb_writes(monkeypatch):
+    import IPython.display
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import myst_nb.ext.glue as myst_glue
+
+    from mlbook.report import glue
+
+    shown = []
+    monkeypatch.setattr(myst_glue, "ipy_display", lambda *a, **k: shown.append((a, k)))
+    monkeypatch.setattr(IPython.display, "display", lambda *a, **k: shown.append((a, k)))
+    fig, _ = plt.subplots()
+    for value in (0.5, "a sentence", table([[1, 2.0]], ["i", "x"]), fig):
+        for display in (False, True):
+            shown.clear()
+            myst_glue.glue("key", value, display=display)
+            glue("key", value, display=display)
+            assert len(shown) == 2 and shown[0] == shown[1], (value, display)
+    plt.close(fig)
 
 
 def test_best_of_returns_the_shortest_time_and_refuses_bad_input():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import importlib.util
 import numbers
 import time
 from collections.abc import Sequence
@@ -96,20 +97,29 @@ def best_of(fn, repeats: int = 5) -> float:
     return min(times)
 
 
+GLUE_PREFIX = "application/papermill.record/"   # what myst-nb reads back from a glued output
+
+
 def glue(name: str, value, display: bool = False) -> None:
     """Keep ``value`` under ``name`` for the book's pages to paste (myst-nb's ``glue``).
 
     A derivation page quotes a number from a notebook run with
     ``{glue:text}`../notebooks/<nb>.ipynb::<name>:.3f` ``, so the text and the run cannot drift
-    apart. Where myst-nb is not installed (Colab, Binder) there is no page to paste into: the
-    value is shown when ``display`` is true and nothing else happens.
+    apart. The output is the one ``myst_nb.glue`` writes (the value's display formats, under
+    :data:`GLUE_PREFIX` unless ``display``, named in the ``scrapbook`` metadata), made here
+    without importing myst-nb, whose import costs more than a second in every notebook. Where
+    myst-nb is not installed (Colab, Binder) there is no page to paste into: the value is shown
+    when ``display`` is true and nothing else happens.
     """
-    try:
-        from myst_nb import glue as myst_glue
-    except ImportError:
-        if display:
-            from IPython.display import display as show
+    from IPython.display import display as show
 
+    if importlib.util.find_spec("myst_nb") is None:
+        if display:
             show(value)
         return
-    myst_glue(name, value, display=display)
+    from IPython.core.formatters import format_display_data
+
+    bundle, metadata = format_display_data(value)
+    prefix = "" if display else GLUE_PREFIX
+    metadata["scrapbook"] = {"name": name, "mime_prefix": prefix}
+    show({prefix + mime: data for mime, data in bundle.items()}, raw=True, metadata=metadata)
