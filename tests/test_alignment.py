@@ -577,3 +577,138 @@ def test_with_a_binary_reward_correct_replies_gain_probability_at_the_grpo_fixed
     fixed = al.grpo_fixed_point(ref_logp, reward, 1.0, 4, start=policy().detach())
     gain = fixed.exp() - ref_logp.exp()
     assert bool((gain[reward == 1] > 0).all()) and bool((gain[reward == 0] < 0).all())
+
+
+# ------------------------------------------------------- verifiable rewards (R1-Zero in miniature)
+
+def test_rule_reward_on_hand_written_cases():
+    prompts = al.encode(["3+4=", "9+9=", "3+4=", "2+5=", "2+5=", "2+5=", "5+5=", "1+2=", "0+0="])
+    responses = al.encode(["7.", "18.", "8.", "07.", "7777", ".", "100.", "+3.", "0.81"], 4)
+    assert al.decode(responses)[0] == "7." and al.decode(responses)[8] == "0."
+    fmt = [True, True, True, True, False, False, False, False, True]
+    right = [True, True, False, False, False, False, False, False, True]
+    assert al.format_ok(responses).tolist() == fmt
+    assert al.answer_correct(prompts, responses).tolist() == right
+    expected = [1.5, 1.5, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 1.5]
+    assert torch.allclose(al.rule_reward(prompts, responses).double(), t64(expected))
+    assert torch.allclose(al.rule_reward(prompts, responses, format_weight=0.0).double(),
+                          t64([float(r) for r in right]))
+
+
+def test_end_mask_and_lengths():
+    tokens = al.encode(["7.", "18.", "1234"], 4)
+    assert al.end_mask(tokens).tolist() == [[True, True, False, False], [True, True, True, False],
+                                           [True] * 4]
+    assert al.response_lengths(tokens).tolist() == [2, 3, 4]
+
+
+def test_masking_after_end_and_prompt_conditioning():
+    torch.manual_seed(0)
+    policy = al.PromptPolicy(hidden=8, numeric=10)
+    prompt = al.encode(["3+4="])
+    short = al.encode(["7."])
+    padded = torch.cat([short, torch.tensor([[5, al.PLUS, 9]])], dim=1)   # junk after END
+    assert torch.allclose(al.sequence_logp(policy, prompt, padded), al.sequence_logp(policy, prompt, short))
+    other = al.encode(["5+1="])
+    assert not torch.allclose(policy(padded, prompt), policy(padded, other))      # reads the prompt
+    y = policy.respond(al.addition_prompts(), 4, generator=gen(0))
+    after = ~al.end_mask(y) & (torch.arange(4) > 0)
+    assert bool((y[after] == al.END).all())                                       # padded with END
+    dist = al.answer_distribution(policy, al.encode(["3+4=", "9+9="]))
+    assert dist.shape == (2, 20) and torch.allclose(dist.sum(-1), torch.ones(2))
+
+
+def test_sampled_accuracy_matches_the_exact_one():
+    torch.manual_seed(1)
+    policy = al.PromptPolicy(hidden=8, numeric=10)
+    prompts = al.encode(["3+4=", "1+1="])
+    al.supervised_warmup(policy, prompts, al.correct_answers(prompts), steps=30, lr=3e-2)
+    exact = al.expected_accuracy(policy, prompts)
+    x = prompts.repeat(2000, 1)
+    sampled = float(al.answer_correct(x, policy.respond(x, 4, generator=gen(2))).double().mean())
+    assert 0.2 < exact < 0.999 and abs(sampled - exact) < 0.04
+
+
+def test_masked_grpo_loss_ignores_padding_and_matches_the_bandit_loss():
+    logp = torch.log(t64([[0.5, 0.2, 0.9], [0.3, 0.6, 0.1]])).requires_grad_(True)
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    adv = t64([1.0, -1.0])
+    loss = al.masked_grpo_loss(logp, logp.detach(), logp.detach() - 0.1, adv, mask, 0.1)
+    changed = logp.detach().clone()
+    changed[0, 2], changed[1, 1:] = -5.0, -7.0                         # only padding differs
+    again = al.masked_grpo_loss(changed, changed, changed - 0.1, adv, mask, 0.1)
+    assert torch.allclose(loss, again)
+    # one token per response: the bandit GRPO loss with the same advantages and k3
+    one = torch.ones(2, 1, dtype=torch.bool)
+    lp = logp[:, :1]
+    bandit = al.policy_gradient_loss(lp, adv[:, None], lp.detach(), 0.2) + 0.1 * kl.k3(-0.1 + 0 * lp).mean()
+    assert torch.allclose(al.masked_grpo_loss(lp, lp.detach(), lp.detach() - 0.1, adv, one, 0.1), bandit)
+
+
+def test_grpo_on_the_rule_reward_raises_accuracy():
+    torch.manual_seed(0)
+    policy = al.PromptPolicy(hidden=16, numeric=10)
+    prompts = al.encode(["3+4=", "1+1=", "2+6=", "5+4="])
+    al.supervised_warmup(policy, prompts[:2], al.correct_answers(prompts[:2]), steps=20, lr=2e-2)
+    reference = al.PromptPolicy(hidden=16, numeric=10).requires_grad_(False)
+    reference.load_state_dict(policy.state_dict())
+    before = al.expected_accuracy(policy, prompts)
+    history = al.train_r1zero(policy, reference, prompts, al.rule_reward, group_size=8,
+                              prompts_per_update=4, updates=25, lr=1e-2, generator=gen(0))
+    assert al.expected_accuracy(policy, prompts) > before + 0.1
+    assert set(history) == {"reward", "correct", "format", "length", "kl"}
+
+
+def test_reward_model_features_and_fit():
+    prompts = al.encode(["3+4=", "3+4=", "1+1=", "1+1="])
+    responses = al.encode(["7.", "8.", "2.", "3."], 4)
+    phi = al.answer_features(prompts, responses)
+    assert phi.shape == (4, 20 + 13 * 4) and float(phi[0].sum()) == 4.0     # a, b, two tokens
+    labels = al.answer_correct(prompts, responses).long()
+    model = al.fit_reward_classifier(phi, labels, steps=200, lr=0.1)
+    score = model(phi).squeeze(-1)
+    assert bool((score[labels == 1] > score[labels == 0].max()).all())
+
+
+def test_r1zero_functions_reject_bad_input():
+    with pytest.raises(ValueError, match="symbols"):
+        al.encode(["3*4="])
+    with pytest.raises(TypeError):
+        al.encode("3+4=")
+    with pytest.raises(ValueError, match="a\\+b="):
+        al.correct_answers(al.encode(["34+5"]))
+    with pytest.raises(TypeError, match="integer"):
+        al.format_ok(torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="one response"):
+        al.answer_correct(al.encode(["3+4="]), al.encode(["7.", "8."], 4))
+    with pytest.raises(ValueError, match="numeric"):
+        al.PromptPolicy(numeric=1)
+    policy = al.PromptPolicy(hidden=4)
+    with pytest.raises(ValueError, match="one prompt per response"):
+        policy(al.encode(["7.", "8."], 4), al.encode(["3+4="]))
+    with pytest.raises(TypeError, match="PromptPolicy"):
+        al.train_r1zero(al.SequencePolicy(13), policy, al.addition_prompts(), al.rule_reward)
+    with pytest.raises(TypeError, match="callable"):
+        al.train_r1zero(policy, policy, al.addition_prompts(), None)
+    logp = torch.zeros(2, 3, dtype=torch.float64)
+    with pytest.raises(TypeError, match="bool"):
+        al.masked_grpo_loss(logp, logp, logp, t64([1.0, -1.0]), torch.ones(2, 3), 0.1)
+    with pytest.raises(ValueError, match="one advantage"):
+        al.masked_grpo_loss(logp, logp, logp, t64([1.0]), torch.ones(2, 3, dtype=torch.bool), 0.1)
+    with pytest.raises(ValueError, match="0 or 1"):
+        al.fit_reward_classifier(torch.zeros(3, 2), torch.tensor([0, 2, 1]))
+
+
+def test_check_rule_reward_passes_a_right_answer_and_fails_a_wrong_one():
+    def right(prompt, response):
+        a, b = int(prompt[0]), int(prompt[2])
+        ok = response.endswith(".") and 1 <= len(response) - 1 <= 2 and response[:-1].isdigit()
+        return (1.0 if ok and response[:-1] == str(a + b) else 0.0) + 0.5 * ok
+
+    def lenient(prompt, response):                        # forgets the limit of two digits
+        a, b = int(prompt[0]), int(prompt[2])
+        ok = response.endswith(".") and len(response) > 1 and response[:-1].isdigit()
+        return (1.0 if ok and response[:-1] == str(a + b) else 0.0) + 0.5 * ok
+
+    assert al.check_rule_reward(right)
+    assert not al.check_rule_reward(lenient)

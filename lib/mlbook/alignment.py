@@ -29,7 +29,12 @@ __all__ = ["TabularPolicy", "MLPPolicy", "RewardModel",
            "grpo_loss", "expected_group_advantage", "population_grpo_loss", "grpo_fixed_point_residual",
            "grpo_fixed_point",
            "fit", "train_policy_gradient", "train_grpo",
-           "SequencePolicy", "counting_reward", "gae", "train_sequence_rl"]
+           "SequencePolicy", "counting_reward", "gae", "train_sequence_rl",
+           "ARITH_SYMBOLS", "PLUS", "EQUALS", "END", "encode", "decode", "addition_prompts",
+           "correct_answers", "end_mask", "response_lengths", "format_ok", "answer_correct",
+           "rule_reward", "PromptPolicy", "sequence_logp", "answer_distribution",
+           "expected_accuracy", "supervised_warmup", "masked_grpo_loss", "train_r1zero",
+           "answer_features", "fit_reward_classifier", "check_rule_reward"]
 
 
 # ------------------------------------------------------------------------------- argument checks
@@ -753,3 +758,403 @@ def train_sequence_rl(policy: SequencePolicy, reference: SequencePolicy, reward_
         if callback is not None:
             callback(update + 1, policy)
     return history
+
+
+# ------------------------------------------------------- reasoning from verifiable rewards (R1-Zero)
+#
+# The toy task of page ``alignment_r1``: prompts "a+b=" with single digits a, b, answered by the
+# decimal digits of a + b and the end token "." (tokens are indices into ``ARITH_SYMBOLS``).
+
+ARITH_SYMBOLS = "0123456789+=."
+PLUS, EQUALS, END = 10, 11, 12                         # token ids of "+", "=" and the end token "."
+
+
+def encode(texts: list[str] | tuple[str, ...], length: int | None = None) -> torch.Tensor:
+    """Token ids ``(n, length)`` of strings over ``ARITH_SYMBOLS``, padded with END on the right
+    (``length`` defaults to the longest string)."""
+    if isinstance(texts, str) or not isinstance(texts, (list, tuple)) or not texts:
+        raise TypeError("texts must be a non-empty list of strings, e.g. ['3+4=']")
+    for text in texts:
+        if not isinstance(text, str) or any(c not in ARITH_SYMBOLS for c in text):
+            raise ValueError(f"{text!r} is not a string over the symbols {ARITH_SYMBOLS!r}")
+    width = max(len(t) for t in texts)
+    length = width if length is None else _checks.integer(length, "length", minimum=1)
+    if width > length:
+        raise ValueError(f"a text of {width} symbols does not fit in length {length}")
+    return torch.tensor([[ARITH_SYMBOLS.index(c) for c in t] + [END] * (length - len(t))
+                         for t in texts], dtype=torch.long)
+
+
+def decode(tokens: torch.Tensor) -> list[str]:
+    """The strings of token rows ``(n, L)``, each cut after its first END."""
+    tokens = _tokens(tokens, "tokens", len(ARITH_SYMBOLS))
+    out = []
+    for row in tokens.tolist():
+        text = "".join(ARITH_SYMBOLS[t] for t in row)
+        out.append(text[:text.index(".") + 1] if "." in text else text)
+    return out
+
+
+def _tokens(tokens, name: str, vocab: int) -> torch.Tensor:
+    _checks.tensor(tokens, name, ndim=2)
+    if tokens.is_floating_point() or tokens.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer token ids, got dtype {tokens.dtype}")
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
+        raise ValueError(f"{name} must hold token ids in 0..{vocab - 1}")
+    return tokens
+
+
+def _prompts(prompts) -> torch.Tensor:
+    prompts = _tokens(prompts, "prompts", len(ARITH_SYMBOLS))
+    if prompts.shape[1] != 4 or not (bool((prompts[:, [0, 2]] < 10).all())
+                                     and bool((prompts[:, 1] == PLUS).all())
+                                     and bool((prompts[:, 3] == EQUALS).all())):
+        raise ValueError("prompts must be rows 'a+b=' of 4 tokens with single digits a and b")
+    return prompts
+
+
+def addition_prompts() -> torch.Tensor:
+    """All 100 prompts "a+b=" with a, b in 0..9, as token ids ``(100, 4)``, a-major."""
+    digits = torch.arange(10)
+    a, b = digits.repeat_interleave(10), digits.repeat(10)
+    return torch.stack([a, torch.full_like(a, PLUS), b, torch.full_like(a, EQUALS)], dim=1)
+
+
+def correct_answers(prompts: torch.Tensor, length: int = 4) -> torch.Tensor:
+    """The right response to each prompt, the digits of a + b then END, padded with END: ``(n, length)``."""
+    prompts = _prompts(prompts)
+    length = _checks.integer(length, "length", minimum=3)
+    sums = (prompts[:, 0] + prompts[:, 2]).tolist()
+    return encode([f"{s}." for s in sums], length).to(prompts.device)
+
+
+def end_mask(tokens: torch.Tensor, end: int = END) -> torch.Tensor:
+    """True for the tokens a response consists of: every token up to and including its first
+    ``end``; the positions after it are padding and False. ``(n, L)`` -> bool ``(n, L)``."""
+    _checks.tensor(tokens, "tokens", ndim=2)
+    is_end = (tokens == end).long()
+    return (is_end.cumsum(-1) - is_end) == 0                   # no end token strictly before t
+
+
+def response_lengths(tokens: torch.Tensor, end: int = END) -> torch.Tensor:
+    """The number of tokens of each response, its end token included (L when it has none). ``(n,)``."""
+    return end_mask(tokens, end).sum(-1)
+
+
+def format_ok(responses: torch.Tensor) -> torch.Tensor:
+    """The format rule: one or two digits, then END (what follows END is padding, never read).
+    Bool ``(n,)``. A response without END, with no digit, with more than two, or with "+" or "="
+    before its END breaks the format."""
+    responses = _tokens(responses, "responses", len(ARITH_SYMBOLS))
+    if responses.shape[1] < 3:
+        raise ValueError(f"responses need at least 3 positions (two digits and END), got shape "
+                         f"{tuple(responses.shape)}")
+    mask = end_mask(responses)
+    n_digits = ((responses < 10) & mask).sum(-1)
+    has_end = (responses == END).any(-1)
+    length = mask.sum(-1)
+    return has_end & (n_digits == length - 1) & (n_digits >= 1) & (n_digits <= 2)
+
+
+def answer_correct(prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
+    """The accuracy rule: the response is exactly the decimal writing of a + b followed by END
+    (so a correct answer always respects the format; "07." for 7 is wrong). Bool ``(n,)``."""
+    prompts = _prompts(prompts)
+    responses = _tokens(responses, "responses", len(ARITH_SYMBOLS))
+    if len(responses) != len(prompts) or responses.shape[1] < 3:
+        raise ValueError(f"need one response of at least 3 tokens per prompt, got prompts "
+                         f"{tuple(prompts.shape)} and responses {tuple(responses.shape)}")
+    right = correct_answers(prompts, responses.shape[1])
+    return ((responses == right) | ~end_mask(right)).all(-1)
+
+
+def rule_reward(prompts: torch.Tensor, responses: torch.Tensor, format_weight: float = 0.5) -> torch.Tensor:
+    """The verifiable reward of page ``alignment_r1``, eq. (r1-reward):
+    r = 1[answer correct] + ``format_weight`` * 1[format respected]. Float ``(n,)``; a correct
+    answer earns 1 + format_weight, a well-formed wrong one format_weight, anything else 0."""
+    w = _checks.real(format_weight, "format_weight", nonnegative=True)
+    correct = answer_correct(prompts, responses).to(torch.get_default_dtype())
+    return correct + w * format_ok(responses).to(correct.dtype)
+
+
+class _ValueEmbedding(nn.Module):
+    """Token embedding in which the first ``numeric`` tokens (the digits) share one learned vector
+    plus their value k / (numeric - 1) times a learned direction; the other tokens have free vectors."""
+
+    def __init__(self, vocab: int, hidden: int, numeric: int):
+        super().__init__()
+        self.numeric = numeric
+        self.table = nn.Embedding(vocab, hidden)
+        self.value = nn.Linear(1, hidden, bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        is_num = tokens < self.numeric
+        value = torch.where(is_num, tokens, 0).to(self.value.weight.dtype) / (self.numeric - 1)
+        return self.table(torch.where(is_num, 0, tokens)) + self.value(value[..., None])
+
+
+class PromptPolicy(SequencePolicy):
+    """A :class:`SequencePolicy` that reads a prompt before it answers: the GRU reads <start>, the
+    prompt's tokens, then the response, and only the response tokens are scored or sampled.
+
+    ``policy(responses, prompts)`` gives the log-probability of each response token given the
+    prompt and the response tokens before it, ``(n, L)``; without ``prompts`` it is the parent's
+    unprompted policy. :meth:`respond` samples responses, padding with ``end`` after the first
+    ``end`` token. With ``numeric=k`` the tokens 0..k-1 (the digits) are *read* as their value
+    (a number line instead of k free embeddings); they are still written as k separate tokens.
+    """
+
+    def __init__(self, vocab: int = len(ARITH_SYMBOLS), hidden: int = 32, *, numeric: int = 0):
+        super().__init__(vocab, hidden)
+        numeric = _checks.integer(numeric, "numeric", minimum=0)
+        if numeric == 1 or numeric > self.vocab:
+            raise ValueError(f"numeric must be 0 (off) or between 2 and vocab={self.vocab}, got {numeric}")
+        if numeric:
+            self.embed = _ValueEmbedding(self.vocab + 1, hidden, numeric)
+
+    def forward(self, tokens: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
+        if prompts is None:
+            return super().forward(tokens)
+        tokens, prompts = _tokens(tokens, "tokens", self.vocab), _tokens(prompts, "prompts", self.vocab)
+        if len(tokens) != len(prompts):
+            raise ValueError(f"one prompt per response: got {len(prompts)} prompts and {len(tokens)} responses")
+        h = self._states(torch.cat([prompts, tokens], dim=1))[:, prompts.shape[1]:]   # (n, L, hidden)
+        return torch.log_softmax(self.head(h), -1).gather(-1, tokens[..., None]).squeeze(-1)
+
+    @torch.no_grad()
+    def respond(self, prompts: torch.Tensor, length: int, *, end: int = END,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """One sampled response of ``length`` tokens per prompt ``(n, P)`` -> ``(n, length)``;
+        after a response's first ``end`` token every position holds ``end``."""
+        prompts = _tokens(prompts, "prompts", self.vocab)
+        length = _checks.integer(length, "length", minimum=1)
+        dev = self.head.weight.device
+        prompts = prompts.to(dev)
+        start = torch.full_like(prompts[:, :1], self.vocab)                 # <start>
+        out, h = self.gru(self.embed(torch.cat([start, prompts], dim=1)))  # read <start> + prompt
+        done = torch.zeros(len(prompts), dtype=torch.bool, device=dev)
+        tokens = []
+        for _ in range(length):
+            probs = torch.softmax(self.head(out[:, -1]), -1)                # (n, V)
+            u = rand(len(prompts), 1, generator=generator, device=dev, dtype=probs.dtype)
+            nxt = torch.where(done, torch.full_like(done, end, dtype=torch.long), inverse_cdf(probs, u))
+            done = done | (nxt == end)
+            tokens.append(nxt)
+            out, h = self.gru(self.embed(nxt[:, None]), h)
+        return torch.stack(tokens, dim=1)
+
+
+def sequence_logp(policy: PromptPolicy, prompts: torch.Tensor, responses: torch.Tensor,
+                  end: int = END) -> torch.Tensor:
+    """log pi(y | x) = sum of the response's token log-probabilities up to and including its
+    first ``end`` (the padding after it is not part of the response). ``(n,)``."""
+    return (policy(responses, prompts) * end_mask(responses, end)).sum(-1)
+
+
+def answer_distribution(policy: PromptPolicy, prompts: torch.Tensor, length: int = 4) -> torch.Tensor:
+    """The policy's probability of each well-formed answer 0..18 ("0." to "18."), exactly, and in
+    the last column of everything else: ``(n, 20)``, rows summing to one."""
+    prompts = _prompts(prompts)
+    n = len(prompts)
+    answers = encode([f"{s}." for s in range(19)], _checks.integer(length, "length", minimum=3))
+    answers = answers.to(prompts.device)
+    with torch.no_grad():
+        logp = sequence_logp(policy, prompts.repeat_interleave(19, 0), answers.repeat(n, 1))
+    p = logp.exp().view(n, 19)
+    return torch.cat([p, (1 - p.sum(-1, keepdim=True)).clamp(min=0)], dim=-1)
+
+
+def expected_accuracy(policy: PromptPolicy, prompts: torch.Tensor, length: int = 4) -> float:
+    """The probability that a sampled response is correct, averaged over ``prompts``: the mean of
+    pi(right answer | prompt), computed exactly (the right response is unique), not sampled."""
+    prompts = _prompts(prompts)
+    with torch.no_grad():
+        logp = sequence_logp(policy, prompts, correct_answers(prompts, length))
+    return float(logp.exp().mean())
+
+
+def supervised_warmup(policy: PromptPolicy, prompts: torch.Tensor, responses: torch.Tensor, *,
+                      steps: int = 100, lr: float = 1e-2) -> list[float]:
+    """Brief supervised pre-training: minimise the mean negative log-likelihood per response token
+    (END included, padding excluded) of the given responses, with the book's training loop
+    (full batch, Adam). Returns the loss per step."""
+    if not isinstance(policy, PromptPolicy):
+        raise TypeError(f"policy must be a PromptPolicy, got {type(policy).__name__}")
+    prompts = _tokens(prompts, "prompts", policy.vocab)
+    responses = _tokens(responses, "responses", policy.vocab)
+    if len(prompts) != len(responses) or len(prompts) == 0:
+        raise ValueError(f"need one response per prompt, got {len(prompts)} prompts and {len(responses)} responses")
+    dev = policy.head.weight.device
+    prompts, responses = prompts.to(dev), responses.to(dev)
+    mask = end_mask(responses).to(torch.get_default_dtype())
+
+    def loss(m):
+        return -(m(responses, prompts) * mask).sum() / mask.sum()
+
+    return fit(policy, loss, steps=steps, lr=lr, device=dev)
+
+
+def masked_grpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, ref_logp: torch.Tensor,
+                     advantages: torch.Tensor, mask: torch.Tensor, beta: float,
+                     clip: float = 0.2) -> torch.Tensor:
+    """The GRPO loss of eq. (align-grpo) per token, for responses of varying length (to minimise):
+
+    -(1/N) sum_i (1/|y_i|) sum_{t <= |y_i|} [min(rho_it A_i, clip(rho_it) A_i) - beta k3_it],
+    rho_it = pi(a_t | s_t) / pi_old(a_t | s_t), k3 with the ratio pi_ref / pi per token,
+    eq. (r1-grpo) of page ``alignment_r1``. ``logp``, ``logp_old``, ``ref_logp`` and the bool
+    ``mask`` (:func:`end_mask`) are ``(N, L)``; ``advantages`` is one per response ``(N,)``.
+    Padding (mask False) contributes nothing.
+    """
+    beta = _checks.real(beta, "beta", nonnegative=True)
+    clip = _checks.real(clip, "clip", positive=True)
+    for name, t in (("logp", logp), ("logp_old", logp_old), ("ref_logp", ref_logp)):
+        _checks.tensor(t, name, floating=True, ndim=2)
+    _same_shape(logp=logp, logp_old=logp_old, ref_logp=ref_logp, mask=_checks.tensor(mask, "mask"))
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor (see end_mask), got dtype {mask.dtype}")
+    _checks.tensor(advantages, "advantages", floating=True, ndim=1)
+    if len(advantages) != len(logp):
+        raise ValueError(f"one advantage per response: got {len(advantages)} for {len(logp)} responses")
+    if not bool(mask.any(-1).all()):
+        raise ValueError("every response needs at least one token in mask")
+    adv = advantages.detach()[:, None]
+    ratio = torch.exp(logp - logp_old.detach())
+    surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
+    per_token = -surrogate + beta * k3(ref_logp.detach() - logp)         # (N, L)
+    m = mask.to(per_token.dtype)
+    return ((per_token * m).sum(-1) / m.sum(-1)).mean()
+
+
+def train_r1zero(policy: PromptPolicy, reference: PromptPolicy, prompts: torch.Tensor, reward_fn, *,
+                 group_size: int = 8, prompts_per_update: int = 16, updates: int = 60,
+                 epochs: int = 2, length: int = 4, beta: float = 0.04, clip: float = 0.2,
+                 lr: float = 3e-3, generator: torch.Generator | None = None,
+                 callback=None) -> dict[str, list[float]]:
+    """GRPO from a sequence reward, the recipe of page ``alignment_r1``: each update draws
+    ``prompts_per_update`` prompts, ``group_size`` responses to each from the current policy, scores
+    them with ``reward_fn(prompts, responses)`` (``(N,)``), standardises the rewards within each
+    group, eq. (align-grpo-adv), and takes ``epochs`` Adam steps on :func:`masked_grpo_loss` with
+    the k3 penalty towards ``reference``.
+
+    Returns per update the batch means of: ``reward`` (of ``reward_fn``), ``correct`` and
+    ``format`` (the rules :func:`answer_correct`, :func:`format_ok`, whatever ``reward_fn`` is),
+    ``length`` (:func:`response_lengths`) and ``kl`` (sum over tokens of log pi_old - log pi_ref).
+    ``callback(update, policy)`` runs after each update.
+    """
+    if not isinstance(policy, PromptPolicy) or not isinstance(reference, PromptPolicy):
+        raise TypeError("policy and reference must be PromptPolicy instances")
+    if not callable(reward_fn):
+        raise TypeError("reward_fn must be callable as reward_fn(prompts, responses)")
+    prompts = _prompts(prompts)
+    g = _checks.integer(group_size, "group_size", minimum=2)
+    m = _checks.integer(prompts_per_update, "prompts_per_update", minimum=1)
+    updates = _checks.integer(updates, "updates", minimum=1)
+    epochs = _checks.integer(epochs, "epochs", minimum=1)
+    length = _checks.integer(length, "length", minimum=3)
+    beta = _checks.real(beta, "beta", nonnegative=True)
+    opt = torch.optim.Adam(policy.parameters(), lr=_checks.real(lr, "lr", positive=True))
+    dev = policy.head.weight.device
+    prompts = prompts.to(dev)
+    history = {k: [] for k in ("reward", "correct", "format", "length", "kl")}
+    for update in range(updates):
+        pick = torch.randperm(len(prompts), generator=generator)[:m].to(dev)
+        x = prompts[pick].repeat_interleave(g, 0)                              # (m G, 4)
+        y = policy.respond(x, length, generator=generator)                     # (m G, L)
+        mask = end_mask(y)
+        with torch.no_grad():
+            logp_old, ref = policy(y, x), reference(y, x)                      # (m G, L)
+            reward = reward_fn(x, y).to(logp_old.dtype)                        # (m G,)
+            adv = group_advantages(reward.view(m, g)).reshape(-1)
+        for _ in range(epochs):
+            loss = masked_grpo_loss(policy(y, x), logp_old, ref, adv, mask, beta, clip)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        history["reward"].append(float(reward.mean()))
+        history["correct"].append(float(answer_correct(x, y).double().mean()))
+        history["format"].append(float(format_ok(y).double().mean()))
+        history["length"].append(float(response_lengths(y).double().mean()))
+        history["kl"].append(float(((logp_old - ref) * mask).sum(-1).mean()))
+        if callback is not None:
+            callback(update + 1, policy)
+    return history
+
+
+def answer_features(prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
+    """Features of a learned reward model: one-hot a, one-hot b, and a one-hot of the token at
+    each response position up to its END (zeros after). ``(n, 20 + 13 L)``; a linear score on them
+    adds a term for the prompt to a term for the response and so cannot represent a + b."""
+    prompts = _prompts(prompts)
+    responses = _tokens(responses, "responses", len(ARITH_SYMBOLS))
+    if len(prompts) != len(responses):
+        raise ValueError(f"one response per prompt: got {len(prompts)} and {len(responses)}")
+    dtype = torch.get_default_dtype()
+    tok = F.one_hot(responses, len(ARITH_SYMBOLS)).to(dtype) * end_mask(responses)[..., None].to(dtype)
+    return torch.cat([F.one_hot(prompts[:, 0], 10).to(dtype), F.one_hot(prompts[:, 2], 10).to(dtype),
+                      tok.flatten(1)], dim=1)
+
+
+def fit_reward_classifier(features: torch.Tensor, labels: torch.Tensor, *, steps: int = 300,
+                          lr: float = 0.05, weight_decay: float = 1e-3) -> nn.Linear:
+    """A learned reward model: logistic regression of a 0/1 label (say, "this answer is right") on
+    ``features`` ``(n, d)``, fitted by the mean cross-entropy with an L2 penalty
+    ``weight_decay/2 |w|^2`` from zero. Its logit is the proxy reward. Returns the fitted layer."""
+    _checks.tensor(features, "features", ndim=2, floating=True, min_rows=2)
+    labels = _checks.tensor(labels, "labels", ndim=1)
+    if len(labels) != len(features):
+        raise ValueError(f"one label per row of features: got {len(labels)} and {len(features)}")
+    if not bool(((labels == 0) | (labels == 1)).all()):
+        raise ValueError("labels must be 0 or 1")
+    wd = _checks.real(weight_decay, "weight_decay", nonnegative=True)
+    model = nn.Linear(features.shape[1], 1).to(features)
+    nn.init.zeros_(model.weight)
+    nn.init.zeros_(model.bias)
+    target = labels.to(features.dtype)
+
+    def loss(m):
+        logit = m(features).squeeze(-1)
+        return F.binary_cross_entropy_with_logits(logit, target) + 0.5 * wd * m.weight.pow(2).sum()
+
+    fit(model, loss, steps=steps, lr=lr, device=features.device)
+    return model.requires_grad_(False)
+
+
+def check_rule_reward(fn):
+    """Checker for the coding exercise of notebook ``alignment_r1zero``: ``fn(prompt, response)``
+    takes strings such as ``("3+4=", "7.")`` (the response as the policy wrote it, up to and
+    including its first "."; four symbols when it wrote no ".") and returns the reward of
+    :func:`rule_reward` as a float: 1 for the right answer plus 0.5 for the format."""
+    from .exercises import Case, check
+
+    def expected(prompt: str, response: str) -> float:
+        return float(rule_reward(encode([prompt]), encode([response], max(4, len(response))))[0])
+
+    cases = [
+        ("3+4=", "7.", "a right one-digit answer"),
+        ("9+9=", "18.", "a right two-digit answer"),
+        ("3+4=", "8.", "a wrong answer in the right format"),
+        ("9+9=", "81.", "the right digits in the wrong order"),
+        ("0+0=", "0.", "the answer 0"),
+        ("2+5=", "07.", "a leading zero"),
+        ("2+5=", "7777", "a response that never wrote '.'"),
+        ("2+5=", ".", "an empty answer"),
+        ("5+5=", "100.", "three digits"),
+        ("1+2=", "+3.", "a '+' in the answer"),
+    ]
+    hints = {
+        "a right one-digit answer": "the right answer earns 1 for being right and 0.5 for its format.",
+        "a right two-digit answer": "compare the digits with str(a + b), not only the first digit.",
+        "a wrong answer in the right format": "a wrong answer in the right format still earns 0.5.",
+        "the right digits in the wrong order": "the answer must read as the number a + b.",
+        "the answer 0": "0 is a one-digit answer like any other.",
+        "a leading zero": "'07' is well formed (two digits) but is not how 7 is written.",
+        "a response that never wrote '.'": "without the end symbol the format is broken: reward 0.",
+        "an empty answer": "the format needs at least one digit before the '.'.",
+        "three digits": "the format allows one or two digits only.",
+        "a '+' in the answer": "only digits may come before the '.'.",
+    }
+    built = [Case(f"{what} ({p!r}, {r!r})", (p, r),
+                  lambda out, e=expected(p, r): isinstance(out, (int, float)) and abs(float(out) - e) < 1e-9,
+                  hints[what])
+             for p, r, what in cases]
+    return check(fn, built, name=getattr(fn, "__name__", "your reward"))
