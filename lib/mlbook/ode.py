@@ -3,7 +3,7 @@
 Shared by the diffusion chapters (the probability-flow ODE) and the flows chapter (continuous
 normalizing flows, flow matching). A velocity field is any callable ``f(x, t)`` with ``x`` of
 shape ``(n, d)`` and ``t`` a tensor of shape ``(n,)``, returning ``(n, d)``. Equation labels refer
-to ``book/diffusion_sde.md``.
+to ``book/diffusion_sde_reverse.md``.
 """
 
 from __future__ import annotations

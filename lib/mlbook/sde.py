@@ -199,7 +199,7 @@ def reverse_sde_density_1d(score: Callable, process, grid: torch.Tensor, *, t_en
     dx = [f(t) x - g(t)^2 score(x, t)] dt + g(t) dw_bar (eq. sde-reverse) down to ``t_end``; in the
     reverse clock tau = 1 - t this is a forward SDE, whose density :func:`fokker_planck_1d` evolves.
     ``score(x, t)`` takes x of shape (m, 1) and t of shape (m,), as the samplers call it. Returns the
-    density at the points of ``grid`` (page ``diffusion_sde``, the likelihood bound).
+    density at the points of ``grid`` (page ``diffusion_sde_reverse``, the likelihood bound).
     """
     if not callable(score):
         raise TypeError("score must be callable as score(x, t)")
@@ -265,7 +265,7 @@ def likelihood_bound_1d(score: Callable, exact, process, grid: torch.Tensor, *,
     Returns ``(score_term, prior_term)``: score_term = 1/2 int_0^1 g(t)^2 E_{p_t} (score - grad log p_t)^2 dt
     by the trapezoidal rule over ``n_times`` intervals and quadrature on ``grid``, and prior_term =
     KL(p_1 || prior). ``exact`` is the exact model of the data (a :class:`~mlbook.diffusion.MixtureScore`:
-    its marginals and scores). Their sum bounds KL(p_0 || p_model) (page ``diffusion_sde``, the
+    its marginals and scores). Their sum bounds KL(p_0 || p_model) (page ``diffusion_sde_reverse``, the
     likelihood bound of Song, Durkan, Murray and Ermon, 2021).
     """
     if not callable(score):
