@@ -1,4 +1,4 @@
-"""The two reverse variances of the DDPM ancestral sampler (page diffusion_ddpm, eq. ddpm-ancestral)."""
+"""The two reverse variances of the DDPM ancestral sampler (page diffusion_ddpm_sampling, eq. ddpm-ancestral)."""
 import pytest
 import torch
 

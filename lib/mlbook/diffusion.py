@@ -229,7 +229,7 @@ class DDPM(NoiseProcess):
     def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> "DDPM":
         """Nichol and Dhariwal's schedule, eq. (ddpm-cosine-schedule), betas clipped at ``max_beta``.
 
-        ``s`` is the paper's name for the offset that book/diffusion_ddpm.md writes delta.
+        ``s`` is the paper's name for the offset that book/diffusion_ddpm_sampling.md writes delta.
         """
         T = _checks.integer(T, "T", minimum=1)
         steps = torch.arange(T + 1, dtype=torch.float64) / T

@@ -79,7 +79,7 @@ def sample_ancestral(score: Score, process: NoiseProcess, x: torch.Tensor, ts: T
 
     With a DDPM process and its full grid this is Ho et al.'s sampler; on a coarser grid it takes
     the same Gaussian step between the grid's times. The mean is always the posterior mean;
-    ``variance`` picks the step's variance rho^2 (page ``diffusion_ddpm``, eq. (ddpm-ancestral)):
+    ``variance`` picks the step's variance rho^2 (page ``diffusion_ddpm_sampling``, eq. (ddpm-ancestral)):
     ``"beta_tilde"`` (default) the posterior variance of q(x_s | x_t, x_0), ``"beta"`` the forward
     variance sigma_t^2 - (alpha_t / alpha_s)^2 sigma_s^2 of q(x_t | x_s) (beta_t on the full DDPM
     grid). Either way a step that ends where the posterior variance is zero (s = 0 on a DDPM grid)
