@@ -142,3 +142,101 @@ def test_mlp_layers_activation_and_bad_sizes():
         mlp(3)
     with pytest.raises(ValueError, match="sizes"):
         mlp(3, 0)
+
+
+# ------------------------------------------------------------------ TokenGRU
+
+def token_gru(seed=0, vocab=5, hidden=8, **kwargs):
+    torch.manual_seed(seed)
+    return nets.TokenGRU(vocab, hidden, **kwargs)
+
+
+def random_tokens(n, length, vocab=5, seed=0):
+    return torch.randint(0, vocab, (n, length), generator=gen(seed))
+
+
+def test_token_gru_shapes_and_parameter_order():
+    net = token_gru(vocab=5, hidden=8)
+    x = random_tokens(3, 7)
+    assert net.states(x).shape == (3, 7, 8)
+    assert net(x).shape == (3, 7, 5)                                        # logits by default
+    assert token_gru(out_features=1)(x).shape == (3, 7, 1)                  # e.g. a value head
+    assert net.start == 5 and net.embed.num_embeddings == 6                 # one extra id: <start>
+    out, state = net.step(net.start_tokens(3))
+    assert out.shape == (3, 5) and state.shape == (1, 3, 8)
+    # embedding, GRU, head, built in this order (a seed fixes the same weights)
+    assert [name.split(".")[0] for name in net.state_dict()] == \
+        ["embed"] + ["gru"] * 4 + ["head"] * 2
+
+
+def test_token_gru_is_causal():
+    # The output at position t reads only <start>, x_0 .. x_{t-1}: changing the tokens from
+    # position t on leaves positions 0..t unchanged, and changes the later ones.
+    net = token_gru(vocab=5, hidden=8)
+    x = random_tokens(4, 9)
+    y = x.clone()
+    t = 4
+    y[:, t:] = (x[:, t:] + 1 + random_tokens(4, 9 - t, vocab=4, seed=1)) % 5   # every one changes
+    assert bool((y[:, t:] != x[:, t:]).all())
+    with torch.no_grad():
+        a, b = net(x), net(y)
+    torch.testing.assert_close(a[:, :t + 1], b[:, :t + 1], rtol=0, atol=0)
+    assert bool(((a[:, t + 1:] - b[:, t + 1:]).abs().amax(-1) > 0).all())
+
+
+def test_token_gru_step_by_step_matches_the_whole_sequence():
+    net = token_gru(vocab=5, hidden=8)
+    x = random_tokens(3, 6)
+    whole = net(x)                                                          # (3, 6, 5)
+    out, state = net.step(net.start_tokens(3))
+    steps = [out]
+    for t in range(5):
+        out, state = net.step(x[:, t:t + 1], state)
+        steps.append(out)
+    torch.testing.assert_close(torch.stack(steps, dim=1), whole, rtol=1e-5, atol=1e-6)
+    # reading <start> and a chunk in one call is the same as reading them one at a time
+    chunk, _ = net.step(torch.cat([net.start_tokens(3), x[:, :5]], dim=1))
+    torch.testing.assert_close(chunk, whole[:, 5], rtol=1e-5, atol=1e-6)
+
+
+def test_token_gru_first_output_ignores_the_tokens_and_gradients_flow():
+    net = token_gru(vocab=5, hidden=8)
+    x = random_tokens(4, 5)
+    out = net(x)
+    torch.testing.assert_close(out[:, 0], out[:1, 0].expand(4, 5))          # only <start> read
+    out.square().sum().backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and float(p.grad.abs().sum()) > 0, name
+
+
+def test_token_gru_is_deterministic_given_the_seed():
+    a, b, c = token_gru(seed=3), token_gru(seed=3), token_gru(seed=4)
+    x = random_tokens(2, 4)
+    assert torch.equal(a(x), b(x)) and not torch.equal(a(x), c(x))
+
+
+def test_token_gru_rejects_bad_input():
+    net = token_gru(vocab=5, hidden=8)
+    with pytest.raises(ValueError, match="dimensions"):
+        net(torch.zeros(4, dtype=torch.long))                               # 1-D tokens
+    with pytest.raises(TypeError, match="integer token ids"):
+        net(torch.zeros(2, 3))                                              # floats
+    with pytest.raises(ValueError, match="0..4"):
+        net(torch.full((2, 3), 5))                                  # <start> is not an input
+    with pytest.raises(ValueError, match="0..4"):
+        net(torch.full((2, 3), -1))
+    with pytest.raises(ValueError, match="at least one"):
+        net(torch.zeros(2, 0, dtype=torch.long))
+    with pytest.raises(ValueError, match="0..5"):
+        net.step(torch.full((2, 1), 6))                                     # step accepts <start>
+    with pytest.raises(ValueError, match="at least one"):
+        net.step(torch.zeros(2, 0, dtype=torch.long))
+    _, state = net.step(net.start_tokens(2))
+    with pytest.raises(ValueError, match="state"):
+        net.step(torch.zeros(3, 1, dtype=torch.long), state)                # 3 rows, state for 2
+    with pytest.raises(ValueError, match="vocab"):
+        nets.TokenGRU(0)
+    with pytest.raises(ValueError, match="out_features"):
+        nets.TokenGRU(5, 8, out_features=0)
+    with pytest.raises(TypeError, match="hidden"):
+        nets.TokenGRU(5, 8.0)

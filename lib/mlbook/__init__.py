@@ -8,7 +8,7 @@ Modules are flat and named after what they hold:
 - ``train``: the one training loop, and progress bars
 - ``widgets``: the one widget helper (``slider_plot``), live in Jupyter and in the static book
 - ``plot``, ``report``: plot defaults and drawing helpers; text tables and timers
-- ``nets``: small networks (a plain MLP builder, a time-conditioned MLP)
+- ``nets``: small networks (a plain MLP builder, a time-conditioned MLP, a tiny autoregressive token GRU)
 - ``ode``: fixed-step ODE solvers, divergences, ODE log-likelihoods (diffusion and flows chapters)
 - ``sde``: SDE simulation, unadjusted Langevin dynamics, a 1-D Fokker-Planck solver
 - ``kl``: chapter "Approximating KL divergence"

@@ -638,27 +638,21 @@ def train_grpo(ref_logp: torch.Tensor, reward: torch.Tensor, beta: float, group_
 # --------------------------------------------------------------- token-level RLHF on short sequences
 
 class SequencePolicy(nn.Module):
-    """A tiny autoregressive policy over token sequences: a GRU reads the tokens so far (a start
-    token first) and gives logits for the next one. With ``value_head=True`` it is a critic instead:
-    one scalar per position, the value V(s_t) of the prefix before token t."""
+    """A tiny autoregressive policy over token sequences. Its network ``net`` is a
+    :class:`mlbook.nets.TokenGRU`: a GRU reads the tokens so far (a start token first) and gives
+    logits for the next one. With ``value_head=True`` it is a critic instead: one scalar per
+    position, the value V(s_t) of the prefix before token t."""
 
     def __init__(self, vocab: int, hidden: int = 32, *, value_head: bool = False):
         super().__init__()
         self.vocab = _checks.integer(vocab, "vocab", minimum=2)
         hidden = _checks.integer(hidden, "hidden", minimum=1)
-        self.embed = nn.Embedding(self.vocab + 1, hidden)                  # the last index is <start>
-        self.gru = nn.GRU(hidden, hidden, batch_first=True)
-        self.head = nn.Linear(hidden, 1 if value_head else self.vocab)
-
-    def _states(self, tokens: torch.Tensor) -> torch.Tensor:
-        start = torch.full_like(tokens[:, :1], self.vocab)
-        h, _ = self.gru(self.embed(torch.cat([start, tokens[:, :-1]], dim=1)))
-        return h                                                            # (n, L, hidden)
+        self.net = nets.TokenGRU(self.vocab, hidden, out_features=1 if value_head else self.vocab)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Log-probabilities of each token given its prefix ``(n, L)``, or values ``(n, L)``."""
         _checks.tensor(tokens, "tokens", ndim=2)
-        out = self.head(self._states(tokens))                               # (n, L, V or 1)
+        out = self.net(tokens)                                              # (n, L, V or 1)
         if out.shape[-1] == 1:
             return out.squeeze(-1)
         return torch.log_softmax(out, -1).gather(-1, tokens[..., None]).squeeze(-1)
@@ -666,12 +660,12 @@ class SequencePolicy(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, length: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` sequences of ``length`` tokens drawn from the policy, ``(n, length)``."""
-        dev = self.head.weight.device
-        tokens = torch.full((n, 1), self.vocab, dtype=torch.long, device=dev)
+        dev = self.net.head.weight.device
+        tokens = self.net.start_tokens(n, dev)                              # (n, 1): <start>
         h = None
         for _ in range(_checks.integer(length, "length", minimum=1)):
-            out, h = self.gru(self.embed(tokens[:, -1:]), h)
-            probs = torch.softmax(self.head(out[:, -1]), -1)               # (n, V)
+            logits, h = self.net.step(tokens[:, -1:], h)                    # (n, V)
+            probs = torch.softmax(logits, -1)
             u = rand(n, 1, generator=generator, device=dev, dtype=probs.dtype)
             nxt = inverse_cdf(probs, u)
             tokens = torch.cat([tokens, nxt[:, None]], dim=1)
@@ -910,7 +904,7 @@ class PromptPolicy(SequencePolicy):
         if numeric == 1 or numeric > self.vocab:
             raise ValueError(f"numeric must be 0 (off) or between 2 and vocab={self.vocab}, got {numeric}")
         if numeric:
-            self.embed = _ValueEmbedding(self.vocab + 1, hidden, numeric)
+            self.net.embed = _ValueEmbedding(self.vocab + 1, hidden, numeric)
 
     def forward(self, tokens: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
         if prompts is None:
@@ -918,8 +912,8 @@ class PromptPolicy(SequencePolicy):
         tokens, prompts = _tokens(tokens, "tokens", self.vocab), _tokens(prompts, "prompts", self.vocab)
         if len(tokens) != len(prompts):
             raise ValueError(f"one prompt per response: got {len(prompts)} prompts and {len(tokens)} responses")
-        h = self._states(torch.cat([prompts, tokens], dim=1))[:, prompts.shape[1]:]   # (n, L, hidden)
-        return torch.log_softmax(self.head(h), -1).gather(-1, tokens[..., None]).squeeze(-1)
+        h = self.net.states(torch.cat([prompts, tokens], dim=1))[:, prompts.shape[1]:]  # (n, L, hidden)
+        return torch.log_softmax(self.net.head(h), -1).gather(-1, tokens[..., None]).squeeze(-1)
 
     @torch.no_grad()
     def respond(self, prompts: torch.Tensor, length: int, *, end: int = END,
@@ -928,19 +922,19 @@ class PromptPolicy(SequencePolicy):
         after a response's first ``end`` token every position holds ``end``."""
         prompts = _tokens(prompts, "prompts", self.vocab)
         length = _checks.integer(length, "length", minimum=1)
-        dev = self.head.weight.device
+        dev = self.net.head.weight.device
         prompts = prompts.to(dev)
-        start = torch.full_like(prompts[:, :1], self.vocab)                 # <start>
-        out, h = self.gru(self.embed(torch.cat([start, prompts], dim=1)))  # read <start> + prompt
+        start = self.net.start_tokens(len(prompts), dev)                    # (n, 1): <start>
+        logits, h = self.net.step(torch.cat([start, prompts], dim=1))       # read <start> + prompt
         done = torch.zeros(len(prompts), dtype=torch.bool, device=dev)
         tokens = []
         for _ in range(length):
-            probs = torch.softmax(self.head(out[:, -1]), -1)                # (n, V)
+            probs = torch.softmax(logits, -1)                               # (n, V)
             u = rand(len(prompts), 1, generator=generator, device=dev, dtype=probs.dtype)
             nxt = torch.where(done, torch.full_like(done, end, dtype=torch.long), inverse_cdf(probs, u))
             done = done | (nxt == end)
             tokens.append(nxt)
-            out, h = self.gru(self.embed(nxt[:, None]), h)
+            logits, h = self.net.step(nxt[:, None], h)
         return torch.stack(tokens, dim=1)
 
 
@@ -984,7 +978,7 @@ def supervised_warmup(policy: PromptPolicy, prompts: torch.Tensor, responses: to
     responses = _tokens(responses, "responses", policy.vocab)
     if len(prompts) != len(responses) or len(prompts) == 0:
         raise ValueError(f"need one response per prompt, got {len(prompts)} prompts and {len(responses)} responses")
-    dev = policy.head.weight.device
+    dev = policy.net.head.weight.device
     prompts, responses = prompts.to(dev), responses.to(dev)
     mask = end_mask(responses).to(torch.get_default_dtype())
 
@@ -1053,7 +1047,7 @@ def train_r1zero(policy: PromptPolicy, reference: PromptPolicy, prompts: torch.T
     length = _checks.integer(length, "length", minimum=3)
     beta = _checks.real(beta, "beta", nonnegative=True)
     opt = torch.optim.Adam(policy.parameters(), lr=_checks.real(lr, "lr", positive=True))
-    dev = policy.head.weight.device
+    dev = policy.net.head.weight.device
     prompts = prompts.to(dev)
     history = {k: [] for k in ("reward", "correct", "format", "length", "kl")}
     for update in range(updates):
