@@ -278,6 +278,10 @@ def sample_ode(velocity: Field, noise: torch.Tensor, *, n_steps: int = 50, metho
 
     ``n_steps`` uniform steps of ``method`` (:data:`mlbook.ode.STEPPERS`); Euler costs one network
     evaluation per step, Heun two. With ``return_path`` also the states, shape (n_steps + 1, n, d).
+
+    Not the contract of :func:`mlbook.sampling.sample_ode`, which follows a *score* under a noise
+    process on a given time grid (the probability-flow ODE of the diffusion chapters); this one
+    follows a velocity on ``[0, 1]``, the flows chapter's time, with noise at t = 1.
     """
     n_steps = _checks.integer(n_steps, "n_steps", minimum=1)
     ts = torch.linspace(1.0, 0.0, n_steps + 1, dtype=torch.float64)

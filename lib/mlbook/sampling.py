@@ -235,7 +235,10 @@ def sample_ode(score: Score, process: NoiseProcess, x: torch.Tensor, ts: Times, 
                generator: torch.Generator | None = None, callback: Callback | None = None,
                show_progress: bool | None = None,
                method: str = "heun") -> torch.Tensor:
-    """The probability-flow ODE, eq. (sde-pf-ode), by Euler, Heun or RK4 (``method``); deterministic."""
+    """The probability-flow ODE, eq. (sde-pf-ode), by Euler, Heun or RK4 (``method``); deterministic.
+
+    It follows a score under ``process`` over the grid ``ts``; :func:`mlbook.flows.sample_ode`
+    instead integrates a learned velocity over the flows chapter's ``[0, 1]``."""
     ts = _setup(score, process, x, ts)
     return ode.solve(probability_flow(score, process), x, ts, method=method, callback=callback)
 
