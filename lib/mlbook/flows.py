@@ -399,7 +399,17 @@ class MADEConditioner(nn.Module):
         return mu, self.scale * torch.tanh(raw)
 
 
-class MAF(_Layer):
+class _Autoregressive(_Layer):
+    """An affine autoregressive layer: a MADE conditioner giving each coordinate a shift and a
+    log-scale from the coordinates before it in the ordering (reversed with ``reverse``)."""
+
+    def __init__(self, dim: int, hidden: Sequence[int] = (64, 64), *, reverse: bool = False):
+        super().__init__()
+        self.dim = _checks.integer(dim, "dim", minimum=1)
+        self.conditioner = MADEConditioner(self.dim, hidden, _order(self.dim, reverse))
+
+
+class MAF(_Autoregressive):
     r"""A masked autoregressive flow layer (Papamakarios et al. 2017), data -> latent.
 
     Density direction, one pass, equation ``flow-ar-maf``: z = (x - mu(x)) * exp(-alpha(x)), with
@@ -407,11 +417,6 @@ class MAF(_Layer):
     :meth:`inverse`: x_i = z_i exp(alpha_i(x_<i)) + mu_i(x_<i) needs the x_<i first, so it takes D
     passes (each pass fixes one more coordinate in the ordering).
     """
-
-    def __init__(self, dim: int, hidden: Sequence[int] = (64, 64), *, reverse: bool = False):
-        super().__init__()
-        self.dim = _checks.integer(dim, "dim", minimum=1)
-        self.conditioner = MADEConditioner(self.dim, hidden, _order(self.dim, reverse))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self._check(x, "x")
@@ -432,7 +437,7 @@ class MAF(_Layer):
         return x, -self(x)[1]
 
 
-class IAF(_Layer):
+class IAF(_Autoregressive):
     r"""An inverse autoregressive flow layer (Kingma et al. 2016), data -> latent like every layer here.
 
     The conditioner reads the latent: x = z * exp(alpha(z)) + mu(z), equation ``flow-ar-iaf``, with
@@ -440,11 +445,6 @@ class IAF(_Layer):
     log|det dx/dz| = sum_i alpha_i(z); the density of an outside point x (:meth:`forward`) must
     solve for z one coordinate at a time: D passes.
     """
-
-    def __init__(self, dim: int, hidden: Sequence[int] = (64, 64), *, reverse: bool = False):
-        super().__init__()
-        self.dim = _checks.integer(dim, "dim", minimum=1)
-        self.conditioner = MADEConditioner(self.dim, hidden, _order(self.dim, reverse))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self._check(x, "x")
