@@ -423,40 +423,52 @@ def _search_sorted(codes, B, s1_t, criterion, order, pos_node, start, tot, can, 
     return best_gain, best_key // 2 // B, best_key // 2 % B, ties, best_key % 2 == 1
 
 
-def _search_hist(codes, B, s1, criterion, idx, nid, tot, can, allowed, min_leaf, miss=None):
+def _search_hist(cell, W, B, criterion, node_of, tot, can, allowed, min_leaf, miss=None):
     """Histogram split search: sum the rows' statistics into (node, feature, bin) cells, cumsum over bins.
+
+    ``cell`` ``(n, d)``: each entry's cell within a node, ``feature * bins + code``; ``W``
+    ``(m+1, n d)``: each row's statistics repeated once per feature, in the same row-major order.
+    :func:`grow` forms both once per tree. ``node_of`` ``(n,)``: each row's node in this level, -1
+    for rows that already sit in a leaf. Rows outside the nodes being searched are summed into one
+    spare node that is then dropped: when every searched node fits in one pass (the usual case),
+    the pass runs over all ``n d`` entries with no copying of rows at all. Each cell adds its rows in
+    row order, as a loop over features would.
 
     With ``miss`` (not ``None``: some value is missing) the histogram gets one more bin, the missing
     rows' (code ``B``), and every cut is scored with them sent right and left, eq. (ens-xgb-missing).
     Returns as :func:`_search_sorted`.
     """
-    F, d, m1 = len(tot), codes.shape[1], s1.shape[1]
-    dev = s1.device
-    best_gain = torch.full((F,), -math.inf, dtype=s1.dtype, device=dev)
+    F, (n, d), m1 = len(tot), cell.shape, W.shape[0]
+    dev = W.device
+    best_gain = torch.full((F,), -math.inf, dtype=W.dtype, device=dev)
     best_feat = torch.zeros(F, dtype=torch.long, device=dev)
     best_bin = torch.zeros(F, dtype=torch.long, device=dev)
-    feat_best = torch.full((F, d), -math.inf, dtype=s1.dtype, device=dev)   # best gain per feature
     to_left = None if miss is None else torch.zeros(F, dtype=torch.bool, device=dev)
-    nb = B if miss is None else B + 1
     cand = can.nonzero().squeeze(1)
+    if len(cand) == 0:                                               # nothing to split (a last level)
+        return best_gain, best_feat, best_bin, best_feat.clone(), to_left
+    feat_best = torch.full((F, d), -math.inf, dtype=W.dtype, device=dev)   # best gain per feature
+    nb = B if miss is None else B + 1
     chunk = max(1, _MAX_CELLS // (d * nb * m1))
     for start in range(0, len(cand), chunk):
         nodes = cand[start:start + chunk]
         C = len(nodes)
-        local = torch.full((F,), -1, dtype=torch.long, device=dev)
-        local[nodes] = torch.arange(C, device=dev)
-        loc = local[nid]
-        keep = loc >= 0
-        rows, loc = idx[keep], loc[keep]
-        # one weighted bincount per statistic over all (feature, node, bin) cells at once: each cell
-        # adds its rows in row order, as a loop over features would
-        key = (codes.index_select(0, rows).T + loc * nb
-               + torch.arange(d, device=dev)[:, None] * (C * nb)).reshape(-1)   # (d s) cell per value
-        src = s1.index_select(0, rows).T                             # (m+1, s)
-        hist = torch.stack([torch.bincount(key, weights=w.repeat(d), minlength=d * C * nb)
-                            for w in src], 1)                        # (d C bins, m+1)
-        hist = hist.view(d, C, nb, m1).transpose(0, 1)               # (C, d, bins, m+1)
-        L = hist[:, :, :B].cumsum(2)                                 # left child after each bin
+        local = torch.full((F + 1,), C, dtype=torch.long, device=dev)   # C: the spare node; the
+        local[nodes] = torch.arange(C, device=dev)                   # last entry serves node_of = -1
+        loc = local[node_of]                                         # (n,)
+        cells, w = cell, W
+        if C < len(cand):                                            # several passes: this one's rows
+            keep = loc < C
+            loc, cells, w = loc[keep], cell[keep], W.view(m1, n, d)[:, keep].reshape(m1, -1)
+        key = (cells + (loc * (d * nb))[:, None]).view(-1)          # (s d) cell of every entry
+        hist = torch.zeros(m1, (C + 1) * d * nb, dtype=W.dtype, device=dev)
+        for j in range(m1):                                          # one pass per statistic
+            hist[j].scatter_add_(0, key, w[j])
+        # one statistic per block, (m+1, C, d, bins): each statistic's running sum is contiguous, so
+        # the elementwise gain below reads memory in order; its views index the statistic last
+        hist = hist.view(m1, C + 1, d, nb)[:, :C]
+        L = hist[..., :B].cumsum(3).permute(1, 2, 3, 0)              # (C, d, B, m+1) left children
+        hist = hist.permute(1, 2, 3, 0)
         P = tot[nodes][:, None, None, :]
         R = P - L
         g = criterion.gain(L[..., :-1], R[..., :-1], P[..., :-1])   # (C, d, B)
@@ -551,17 +563,25 @@ def grow(X: torch.Tensor, stats: torch.Tensor, criterion, *, groups: torch.Tenso
     if max_bins is None:                                             # for the exact search
         s1_t = s1.T.contiguous()                                     # (m+1, n)
         whole_numbers = bool((s1 == s1.round()).all()) and float(s1.abs().sum()) < 2.0 ** 53
+    else:                                                            # for the histogram search
+        nb = B + 1 if has_missing else B
+        cell = codes + torch.arange(d, device=dev) * nb              # (n, d) feature * bins + code
+        W = s1.T[:, :, None].expand(-1, -1, d).reshape(m + 1, n * d)   # (m+1, n d) row-major
     node_of = (torch.zeros(n, dtype=torch.long, device=dev) if groups is None else groups.clone())
     F = n_groups                                                     # nodes in the current level
-    out = {k: [] for k in ("feature", "threshold", "left", "right", "value", "n_samples", "gain", "ties",
-                           "impurity", "weight") + (("missing_left",) if has_missing else ())}
-    base, depth = 0, 0
+    levels = []           # per level: totals, split?, feature, bin, threshold, gain, ties, NaN left?
+    depth = 0
     while F > 0:
         act = node_of >= 0
         idx, nid = act.nonzero().squeeze(1), node_of[act]
         tot = torch.zeros(F, m + 1, dtype=s1.dtype, device=dev).index_add_(0, nid, s1.index_select(0, idx))
+        depth += 1
+        if depth > max_depth:                # the deepest level: leaves only, nothing to search
+            none = torch.zeros(F, dtype=torch.long, device=dev)      # placeholders, masked below
+            levels.append((tot, none.bool(), none, tot[:, 0], tot[:, 0], none, none.bool()))
+            break
         count = tot[:, -1]
-        can = ((depth < max_depth) & (count >= min_samples_split) & (count >= 2 * min_samples_leaf)
+        can = ((count >= min_samples_split) & (count >= 2 * min_samples_leaf)
                & (criterion.impurity(tot[:, :m]) > _EPS) & (count > 0))
         allowed = None                                               # (F, d) features drawn per node
         if max_features is not None and max_features < d:
@@ -574,7 +594,7 @@ def grow(X: torch.Tensor, stats: torch.Tensor, criterion, *, groups: torch.Tenso
             miss = torch.zeros(F * d, m + 1, dtype=s1.dtype, device=dev).index_add_(
                 0, nid[r] * d + j, s1[idx[r]]).view(F, d, m + 1)
         if max_bins is None:                 # exact: the rows sorted per feature, kept sorted
-            if depth == 0:
+            if depth == 1:
                 keep = can[nid]
                 if sample_rows is not None and whole_numbers and groups is not None:
                     order = _root_order_of_draws(codes_of_rows, sample_rows, groups, n_groups)
@@ -596,19 +616,19 @@ def grow(X: torch.Tensor, stats: torch.Tensor, criterion, *, groups: torch.Tenso
                 whole_numbers)
         else:
             best_gain, best_feat, best_bin, n_ties, to_left = _search_hist(
-                codes, B, s1, criterion, idx, nid, tot, can, allowed, min_samples_leaf, miss)
+                cell, W, B, criterion, node_of, tot, can, allowed, min_samples_leaf, miss)
         split = can & (best_gain > criterion.min_gain) & torch.isfinite(best_gain)
 
         # route the samples of split nodes, and place the threshold
         f_i = best_feat.index_select(0, nid)
         goes_left = torch.take(codes, idx * d + f_i) <= best_bin.index_select(0, nid)
-        present = torch.ones_like(goes_left)
+        present = None
         if has_missing:                                              # missing rows: the learned side
             present = ~nan[idx, f_i]
             goes_left = torch.where(present, goes_left, to_left[nid])
-        in_split = split[nid]
-        threshold = torch.full((F,), math.nan, dtype=X.dtype, device=dev)
         if max_bins is None:    # exact: half-way between the neighbouring values inside the node
+            if present is None:
+                present = torch.ones_like(goes_left)
             x_i = torch.take(X, idx * d + f_i)
             lo = torch.full((F,), -math.inf, dtype=X.dtype, device=dev).scatter_reduce(
                 0, nid, torch.where(goes_left & present, x_i, -math.inf), "amax")
@@ -618,31 +638,27 @@ def grow(X: torch.Tensor, stats: torch.Tensor, criterion, *, groups: torch.Tenso
             threshold = torch.where((mid == hi) | ~torch.isfinite(mid), lo, mid)
         else:
             threshold = edges[best_feat, best_bin]
-        threshold = torch.where(split, threshold, torch.full_like(threshold, math.nan))
+        levels.append((tot, split, best_feat, threshold, best_gain, n_ties,
+                       split if to_left is None else to_left))
 
         rank = split.long().cumsum(0) - 1                            # index among split nodes
-        n_split = int(split.sum())
-        child_base = base + F
-        out["feature"].append(torch.where(split, best_feat, -1))
-        out["threshold"].append(threshold)
-        out["left"].append(torch.where(split, child_base + 2 * rank, -1))
-        out["right"].append(torch.where(split, child_base + 2 * rank + 1, -1))
-        out["value"].append(criterion.value(tot[:, :m]))
-        out["n_samples"].append(count.long())
-        out["gain"].append(torch.where(split, best_gain, torch.full_like(best_gain, math.nan)))
-        out["ties"].append(torch.where(split, n_ties, 0))
-        out["impurity"].append(criterion.impurity(tot[:, :m]))
-        out["weight"].append(criterion.weight(tot[:, :m]))
-        if has_missing:
-            out["missing_left"].append(split & to_left)
-
         new = torch.full((n,), -1, dtype=torch.long, device=dev)
-        new[idx] = torch.where(in_split, 2 * rank[nid] + (~goes_left).long(), -1)
+        new[idx] = torch.where(split[nid], 2 * rank[nid] + (~goes_left).long(), -1)
         left_child = torch.where(split, 2 * rank, -1)
-        node_of, base, F = new, base + F, 2 * n_split
-        depth += 1
-    cat = {k: torch.cat(v) for k, v in out.items()}
-    return Tree(**cat, roots=torch.arange(n_groups, device=dev), depth=depth - 1)
+        node_of, F = new, 2 * (int(rank[-1]) + 1)
+
+    # the nodes of all levels, numbered level by level; split node r (in that order) has children
+    # n_groups + 2 r and n_groups + 2 r + 1
+    tot, split, feature, threshold, gain, ties, to_left = (torch.cat(v) for v in zip(*levels))
+    left = torch.where(split, n_groups + 2 * (split.long().cumsum(0) - 1), -1)
+    return Tree(feature=torch.where(split, feature, -1),
+                threshold=torch.where(split, threshold, math.nan),
+                left=left, right=torch.where(split, left + 1, -1),
+                value=criterion.value(tot[:, :m]), n_samples=tot[:, -1].long(),
+                gain=torch.where(split, gain, math.nan), ties=torch.where(split, ties, 0),
+                impurity=criterion.impurity(tot[:, :m]), weight=criterion.weight(tot[:, :m]),
+                missing_left=(split & to_left) if has_missing else None,
+                roots=torch.arange(n_groups, device=dev), depth=depth - 1)
 
 
 def _goes_left(tree: Tree, node: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -655,15 +671,29 @@ def _goes_left(tree: Tree, node: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def apply(tree: Tree, X: torch.Tensor) -> torch.Tensor:
-    """Leaf index of every row in every tree, ``(n, trees)``: all rows descend one level per step."""
-    node = tree.roots[None, :].expand(X.shape[0], -1).clone()
+    """Leaf index of every row in every tree, ``(n, trees)``: all rows descend one level per step.
+
+    Each step reads four small per-node tables with ``index_select`` (the fastest gather on a CPU)
+    on the flat ``(n trees,)`` node ids, kept as int32: the feature to test, the threshold, and the
+    two children, where a leaf is its own child on both sides and has the threshold ``+inf``, so
+    rows that reached a leaf stay there without a separate mask. ``NaN`` compares false, so a
+    missing value goes right unless the node learned to send it left (:func:`_goes_left`).
+    """
+    n, T = X.shape[0], len(tree.roots)
+    inner = tree.feature >= 0
+    ids = torch.arange(len(inner), device=X.device)
+    feature = tree.feature.clamp_min(0)
+    threshold = torch.where(inner, tree.threshold, math.inf)
+    child = torch.stack([torch.where(inner, tree.left, ids), torch.where(inner, tree.right, ids)],
+                        1).view(-1).int()                      # (2 nodes,) left, right of each node
+    node = tree.roots.int().repeat(n)                           # (n trees,) row-major
     for _ in range(tree.depth):
-        f = tree.feature[node]
-        inner = f >= 0
-        x = X.gather(1, f.clamp_min(0))
-        nxt = torch.where(_goes_left(tree, node, x), tree.left[node], tree.right[node])
-        node = torch.where(inner, nxt, node)
-    return node
+        x = X.gather(1, feature.index_select(0, node).view(n, T)).view(-1)
+        right = (x <= threshold.index_select(0, node)).logical_not_()
+        if tree.missing_left is not None:
+            right &= ~(torch.isnan(x) & tree.missing_left.index_select(0, node))
+        node = child.index_select(0, torch.add(right, node, alpha=2))
+    return node.view(n, T).long()
 
 
 def decision_path(tree: Tree, X: torch.Tensor) -> torch.Tensor:
