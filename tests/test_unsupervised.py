@@ -90,20 +90,32 @@ def test_kmeans_plusplus_with_duplicate_points_does_not_fail():
     assert torch.equal(C, torch.ones(1, 3, 2, dtype=torch.float64))
 
 
-def test_both_ways_of_summing_clusters_agree():
+def test_cluster_means_from_the_one_hot_product():
     X = torch.as_tensor(np.random.default_rng(9).normal(size=(40, 3)))
     labels = torch.randint(5, (3, 40), generator=gen(0))
     labels[:, :5] = torch.arange(5)                                                # every cluster non-empty
     labels[2] = labels[2].clamp(max=3)                                           # restart 2: cluster 4 empty
     centres = torch.zeros(3, 5, 3, dtype=torch.float64)
-    a = U._means(X, labels, centres, index_add=True)
-    b = U._means(X, labels, centres, index_add=False)                            # the GPU path
-    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    onehot = (labels.unsqueeze(1) == torch.arange(5).view(1, 5, 1)).double()      # (3, 5, 40)
+    a = U._means(torch.cat([X, torch.ones(40, 1, dtype=X.dtype)], 1), onehot, centres)
     for r in range(3):
         for j in range(5):
             members = X[labels[r] == j]
             want = members.mean(0) if len(members) else centres[r, j]
             torch.testing.assert_close(a[r, j], want, rtol=1e-12, atol=1e-12)
+
+
+def test_assignment_is_argmin_and_breaks_ties_to_the_first_centre():
+    X = torch.as_tensor(np.random.default_rng(3).normal(size=(50, 2)))
+    C = torch.as_tensor(np.random.default_rng(4).normal(size=(2, 4, 2)))
+    labels, onehot = U._assign(X.T.contiguous(), C)
+    assert torch.equal(labels, U.squared_distances(X, C).argmin(-1))
+    assert torch.equal(onehot.argmax(1), labels) and torch.equal(onehot.sum(1), torch.ones(2, 50).double())
+    C[0, 3] = C[0, 1]                                    # centres 1 and 3 coincide: every tie goes to 1
+    labels, onehot = U._assign(X.T.contiguous(), C)
+    assert (labels[0] == 1).any() and not (labels[0] == 3).any()
+    assert torch.equal(onehot.sum(1), torch.ones(2, 50).double())              # one centre per point
+    assert torch.equal(onehot.argmax(1), labels)
 
 
 def test_kmeans_empty_cluster_keeps_its_centre():

@@ -600,10 +600,11 @@ class _Boosting(_TensorScoring, BaseEstimator):
             y = y_enc.to(torch.float64) if binary else y_enc
         return X, y
 
-    def _rows(self, n: int, gen: torch.Generator, device) -> torch.Tensor:
-        """Rows of this round: all, or ``floor(subsample n)`` drawn without replacement, sorted."""
+    def _rows(self, n: int, gen: torch.Generator, device) -> torch.Tensor | slice:
+        """Rows of this round: all (a slice, so that indexing with it copies nothing), or
+        ``floor(subsample n)`` drawn without replacement, sorted."""
         if self.subsample >= 1:
-            return torch.arange(n, device=device)
+            return slice(None)
         k = max(1, int(self.subsample * n))
         return torch.randperm(n, generator=gen)[:k].sort().values.to(device)
 

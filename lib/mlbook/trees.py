@@ -423,7 +423,7 @@ def _search_sorted(codes, B, s1_t, criterion, order, pos_node, start, tot, can, 
     return best_gain, best_key // 2 // B, best_key // 2 % B, ties, best_key % 2 == 1
 
 
-def _search_hist(cell, W, B, criterion, node_of, tot, can, allowed, min_leaf, miss=None):
+def _search_hist(cell, W, B, criterion, node_of, tot, can, allowed, min_leaf, miss=None, same=()):
     """Histogram split search: sum the rows' statistics into (node, feature, bin) cells, cumsum over bins.
 
     ``cell`` ``(n, d)``: each entry's cell within a node, ``feature * bins + code``; ``W``
@@ -436,7 +436,8 @@ def _search_hist(cell, W, B, criterion, node_of, tot, can, allowed, min_leaf, mi
 
     With ``miss`` (not ``None``: some value is missing) the histogram gets one more bin, the missing
     rows' (code ``B``), and every cut is scored with them sent right and left, eq. (ens-xgb-missing).
-    Returns as :func:`_search_sorted`.
+    ``same``: statistics equal to the counts row by row (the weights of unweighted rows), whose
+    histogram is the counts' one. Returns as :func:`_search_sorted`.
     """
     F, (n, d), m1 = len(tot), cell.shape, W.shape[0]
     dev = W.device
@@ -462,8 +463,11 @@ def _search_hist(cell, W, B, criterion, node_of, tot, can, allowed, min_leaf, mi
             loc, cells, w = loc[keep], cell[keep], W.view(m1, n, d)[:, keep].reshape(m1, -1)
         key = (cells + (loc * (d * nb))[:, None]).view(-1)          # (s d) cell of every entry
         hist = torch.zeros(m1, (C + 1) * d * nb, dtype=W.dtype, device=dev)
-        for j in range(m1):                                          # one pass per statistic
-            hist[j].scatter_add_(0, key, w[j])
+        for j in range(m1 - 1, -1, -1):                              # one pass per statistic, counts
+            if j in same:                                            # first; a statistic in ``same``
+                hist[j] = hist[-1]                                   # equals the counts
+            else:
+                hist[j].scatter_add_(0, key, w[j])
         # one statistic per block, (m+1, C, d, bins): each statistic's running sum is contiguous, so
         # the elementwise gain below reads memory in order; its views index the statistic last
         hist = hist.view(m1, C + 1, d, nb)[:, :C]
@@ -567,6 +571,8 @@ def grow(X: torch.Tensor, stats: torch.Tensor, criterion, *, groups: torch.Tenso
         nb = B + 1 if has_missing else B
         cell = codes + torch.arange(d, device=dev) * nb              # (n, d) feature * bins + code
         W = s1.T[:, :, None].expand(-1, -1, d).reshape(m + 1, n * d)   # (m+1, n d) row-major
+        # unweighted rows: a weight column equal to the counts needs no histogram of its own
+        same = [j for j in range(m) if bool(torch.equal(s1[:, j], s1[:, m]))]
     node_of = (torch.zeros(n, dtype=torch.long, device=dev) if groups is None else groups.clone())
     F = n_groups                                                     # nodes in the current level
     levels = []           # per level: totals, split?, feature, bin, threshold, gain, ties, NaN left?
@@ -616,7 +622,7 @@ def grow(X: torch.Tensor, stats: torch.Tensor, criterion, *, groups: torch.Tenso
                 whole_numbers)
         else:
             best_gain, best_feat, best_bin, n_ties, to_left = _search_hist(
-                cell, W, B, criterion, node_of, tot, can, allowed, min_samples_leaf, miss)
+                cell, W, B, criterion, node_of, tot, can, allowed, min_samples_leaf, miss, same)
         split = can & (best_gain > criterion.min_gain) & torch.isfinite(best_gain)
 
         # route the samples of split nodes, and place the threshold

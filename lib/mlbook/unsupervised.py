@@ -84,41 +84,44 @@ def kmeans_plusplus(X: torch.Tensor, n_clusters: int, *, n_init: int = 1,
     return torch.stack(centres, 1)                                               # (b, k, d)
 
 
-def _assign(Xt: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """Nearest centre of every point for every restart: ``(b, n)`` labels. Implements (km-assign).
+def _assign(Xt: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centre of every point for every restart. Implements (km-assign).
 
     ``Xt`` is the data transposed, ``(d, n)`` (that layout makes the product about twice as fast on
     the CPU). Minimises ``|c|^2 - 2 c.x`` (the ``|x|^2`` term is the same for every centre), with one
-    matrix product for all restarts together.
+    matrix product for all restarts together. Returns ``(labels (b, n), onehot (b, k, n))``: the
+    one-hot matrix (in ``Xt``'s dtype) is what the update (km-update) multiplies by, and it is made
+    in place from the scores, ``score == min over centres``, which is cheaper than an ``argmin``
+    along the short ``k`` axis. A point exactly as near to two centres would get two ones; then
+    (and only then) the matrix is rebuilt from the first nearest centre, as ``argmin`` breaks ties.
     """
     b, k, d = centres.shape
     flat = centres.reshape(b * k, d)
-    scores = torch.addmm(flat.square().sum(1, keepdim=True), flat, Xt, alpha=-2)  # (b*k, n)
-    # min(...).indices rather than argmin: on the CPU argmin along the short k axis is several
-    # times slower (and transposing first costs a copy)
-    return scores.view(b, k, -1).min(1).indices                                  # (b, n)
+
+    def scores():                                                                # (b, k, n)
+        return torch.addmm(flat.square().sum(1, keepdim=True), flat, Xt, alpha=-2).view(b, k, -1)
+
+    s = scores()
+    onehot = s.eq_(s.amin(1, keepdim=True))                                      # in place
+    index_and_one = torch.stack([torch.arange(k, dtype=Xt.dtype, device=Xt.device),
+                                 torch.ones(k, dtype=Xt.dtype, device=Xt.device)])   # (2, k)
+    label, count = (index_and_one @ onehot).unbind(1)                            # (b, n) each
+    if bool((count != 1).any()):                         # a tie: the first nearest centre wins
+        labels = scores().min(1).indices
+        return labels, (labels.unsqueeze(1) == torch.arange(k, device=Xt.device).view(1, k, 1)).to(Xt.dtype)
+    return label.long(), onehot
 
 
-def _means(X: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor, *, index_add: bool | None = None) -> torch.Tensor:
+def _means(X1: torch.Tensor, onehot: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """Mean of the points of each cluster; an empty cluster keeps its centre. Implements (km-update).
 
-    ``X`` is ``(n, d)``, or ``(n, d + 1)`` with a column of ones appended (:func:`lloyd` appends it
-    once): then one pass sums the points of every cluster and counts them (the last column). On the
-    CPU that pass is an ``index_add_`` (several times faster there); elsewhere a one-hot matrix
-    product, which unlike a scatter-add is deterministic on a GPU. ``index_add`` forces one or the
-    other (``None``: choose by device).
+    ``X1`` is ``(n, d + 1)``, the points with a column of ones appended (:func:`lloyd` appends it
+    once), and ``onehot`` ``(b, k, n)`` the assignments: one dense product sums the points of every
+    cluster of every restart and counts them (the last column). A product, unlike a scatter-add, is
+    deterministic on a GPU.
     """
     b, k, d = centres.shape
-    X1 = X if X.shape[1] == d + 1 else torch.cat([X, torch.ones_like(X[:, :1])], 1)
-    if index_add is None:
-        index_add = X1.device.type == "cpu"
-    if index_add:
-        sums = torch.zeros(b, k, d + 1, dtype=X1.dtype, device=X1.device)
-        for r in range(b):                                   # one pass over X per restart, no copies
-            sums[r].index_add_(0, labels[r], X1)
-    else:
-        onehot = (labels.unsqueeze(1) == torch.arange(k, device=X1.device).view(1, k, 1)).to(X1.dtype)
-        sums = (onehot.reshape(b * k, -1) @ X1).view(b, k, d + 1)                  # onehot (b, k, n)
+    sums = (onehot.reshape(b * k, -1) @ X1).view(b, k, d + 1)
     counts = sums[..., d:]                                                       # (b, k, 1)
     return torch.where(counts > 0, sums[..., :d] / counts.clamp_min(1), centres)
 
@@ -138,15 +141,16 @@ def lloyd(X: torch.Tensor, centres: torch.Tensor, *, max_iter: int = 300, tol: f
     b = centres.shape[0]
     Xt = X.T.contiguous()                                                        # (d, n)
     X1 = torch.cat([X, torch.ones_like(X[:, :1])], 1)                            # (n, d + 1)
-    labels = _assign(Xt, centres)                                                 # (b, n)
+    labels, onehot = _assign(Xt, centres)                                        # (b, n), (b, k, n)
+    # a finished restart's update is discarded below, so its one-hot matrix may go stale
     active = torch.ones(b, dtype=torch.bool, device=X.device)
     n_iter = torch.zeros(b, dtype=torch.long, device=X.device)
     trace = [(centres, labels)] if history else None
     for _ in range(max_iter):
-        new = _means(X1, labels, centres)
+        new = _means(X1, onehot, centres)
         new = torch.where(active.view(b, 1, 1), new, centres)
         shift = (new - centres).square().sum((1, 2))                             # (b,)
-        new_labels = _assign(Xt, new)
+        new_labels, onehot = _assign(Xt, new)
         n_iter += active.long()
         changed = (new_labels != labels).any(1)
         labels = torch.where(active.unsqueeze(1), new_labels, labels)
