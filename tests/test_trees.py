@@ -105,6 +105,17 @@ def test_histogram_splits_lie_on_bin_edges_and_agree_with_exact_on_few_values():
     assert edges.shape[0] == 2 and int(torch.isfinite(edges).sum(1).max()) <= 4
 
 
+def test_histogram_edges_are_the_lower_quantiles_of_each_feature():
+    X = torch.as_tensor(np.random.RandomState(2).standard_normal((997, 3)).round(2))   # with ties
+    X[::7, 1] = float("nan")                                          # missing values are left out
+    edges = trees.bin_edges(X, max_bins=16)
+    q = torch.linspace(0, 1, 17, dtype=torch.float64)[1:]
+    for j in range(3):
+        x = X[:, j][~torch.isnan(X[:, j])]
+        want = torch.unique(torch.quantile(x, q, interpolation="lower"))
+        assert torch.equal(edges[j, :len(want)], want) and torch.isinf(edges[j, len(want):]).all()
+
+
 def test_newton_criterion_leaf_and_gain():
     g = torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=torch.float64)
     h = torch.ones(4, dtype=torch.float64)

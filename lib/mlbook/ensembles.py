@@ -619,9 +619,13 @@ class _Boosting(_TensorScoring, BaseEstimator):
             self._binned = edges, _codes(X, edges)
         trees = []
         for _ in range(self.n_estimators):
-            new = step(F, self._rows(len(X), gen, X.device))
+            rows = self._rows(len(X), gen, X.device)
+            new = step(F, rows)
             for k, tree in enumerate(new):              # shrinkage, eq. (ens-gb-update)
-                F[:, k] += self.learning_rate * tree.value[apply(tree, X)[:, 0], 0]
+                # a tree grown on all rows knows each row's leaf
+                leaf = tree.train_leaf if isinstance(rows, slice) else apply(tree, X)[:, 0]
+                F[:, k] += self.learning_rate * tree.value[leaf, 0]
+                tree.train_leaf = None
             trees += new
         self._binned = None
         self.init_ = init
