@@ -403,13 +403,13 @@ def _search_sorted(codes, B, s1_t, criterion, order, pos_node, start, tot, can, 
         cut[:, :-1] = (node[1:] == node[:-1]) & (scode[:, 1:] != scode[:, :-1])   # in the node, new value
         ok = cut & (L[..., -1] >= min_leaf) & (R[..., -1] >= min_leaf)
         g = criterion.gain(L[..., :-1], R[..., :-1], P[..., :-1])
-        g = torch.where(ok, g, torch.full_like(g, -math.inf))
+        g = torch.where(ok, g, -math.inf)
         if miss is not None:                                         # the missing rows sent left
             Lm = L + miss[node[None, :], fj]
             Rm = P - Lm
             ok_m = cut & (Lm[..., -1] >= min_leaf) & (Rm[..., -1] >= min_leaf)
             g_m = criterion.gain(Lm[..., :-1], Rm[..., :-1], P[..., :-1])
-            g_m = torch.where(ok_m, g_m, torch.full_like(g_m, -math.inf))
+            g_m = torch.where(ok_m, g_m, -math.inf)
             to_left = g_m > g
             g, ok = torch.maximum(g, g_m), ok | ok_m
         nodes = node.expand_as(g).reshape(-1)
@@ -456,9 +456,12 @@ def _search_hist(cell, W, B, criterion, node_of, tot, can, allowed, min_leaf, mi
     for start in range(0, len(cand), chunk):
         nodes = cand[start:start + chunk]
         C = len(nodes)
-        local = torch.full((F + 1,), C, dtype=torch.long, device=dev)   # C: the spare node; the
-        local[nodes] = torch.arange(C, device=dev)                   # last entry serves node_of = -1
-        loc = local[node_of]                                         # (n,)
+        if C == F:                                                   # every node: F is the spare
+            loc = node_of.remainder(F + 1)                           # (n,) -1 -> F
+        else:
+            local = torch.full((F + 1,), C, dtype=torch.long, device=dev)   # C: the spare node;
+            local[nodes] = torch.arange(C, device=dev)               # the last entry serves -1
+            loc = local[node_of]                                     # (n,)
         cells, w = cell, W
         if C < len(cand):                                            # several passes: this one's rows
             keep = loc < C
@@ -475,13 +478,13 @@ def _search_hist(cell, W, B, criterion, node_of, tot, can, allowed, min_leaf, mi
         hist = hist.view(m1, C + 1, d, nb)[:, :C]
         L = hist[..., :B].cumsum(3).permute(1, 2, 3, 0)              # (C, d, B, m+1) left children
         hist = hist.permute(1, 2, 3, 0)
-        P = tot[nodes][:, None, None, :]
+        P = (tot if C == F else tot[nodes])[:, None, None, :]
         R = P - L
         g = criterion.gain(L[..., :-1], R[..., :-1], P[..., :-1])   # (C, d, B)
         ok = (L[..., -1] >= min_leaf) & (R[..., -1] >= min_leaf)
         if allowed is not None:
             ok &= allowed[nodes][:, :, None]
-        g = torch.where(ok, g, torch.full_like(g, -math.inf))
+        g = torch.where(ok, g, -math.inf)
         if miss is not None:                                         # the missing rows sent left
             Lm = L + hist[:, :, B:]
             Rm = P - Lm
@@ -489,7 +492,7 @@ def _search_hist(cell, W, B, criterion, node_of, tot, can, allowed, min_leaf, mi
             if allowed is not None:
                 ok_m &= allowed[nodes][:, :, None]
             g_m = criterion.gain(Lm[..., :-1], Rm[..., :-1], P[..., :-1])
-            g_m = torch.where(ok_m, g_m, torch.full_like(g_m, -math.inf))
+            g_m = torch.where(ok_m, g_m, -math.inf)
             both = torch.stack([g, g_m], 3)                          # (C, d, B, 2): right, then left
             val, arg = both.reshape(C, d * B * 2).max(1)
             side, arg = arg % 2 == 1, arg // 2
@@ -592,23 +595,25 @@ def grow(X: torch.Tensor, stats: torch.Tensor, criterion, *, groups: torch.Tenso
     node_of = (torch.zeros(n, dtype=torch.long, device=dev) if groups is None else groups.clone())
     F = n_groups                                                     # nodes in the current level
     levels = []           # per level: totals, split?, feature, threshold, gain, gain per feature, NaN left?
-    leaf = torch.empty(n, dtype=torch.long, device=dev)            # each row's node, last one kept
+    # Rows travel as node ids of the current level, -1 once in a leaf. Per-node sums go through
+    # a spare node F that collects the rows already in leaves (then dropped), and per-row lookups
+    # read node max(id, 0) and are masked, so no level copies out its active rows.
+    leaf = node_of.clone()                                           # each row's node, last one kept
     depth = base = 0
     while F > 0:
-        act = node_of >= 0
-        idx, nid = act.nonzero().squeeze(1), node_of[act]
-        leaf.index_copy_(0, idx, nid + base)
+        act = node_of >= 0                                           # rows not yet in a leaf
+        node = torch.where(act, node_of, F)                          # (n,) F: the spare node
+        leaf = torch.where(act, node_of + base, leaf)
         base += F
-        tot = torch.zeros(F, m + 1, dtype=s1.dtype, device=dev).index_add_(0, nid, s1.index_select(0, idx))
+        tot = torch.zeros(F + 1, m + 1, dtype=s1.dtype, device=dev).index_add_(0, node, s1)[:F]
         depth += 1
         if depth > max_depth:                # the deepest level: leaves only, nothing to search
             none = torch.zeros(F, dtype=torch.long, device=dev)      # placeholders, masked below
             levels.append((tot, none.bool(), none, tot[:, 0], tot[:, 0], tot[:, :1].expand(-1, d),
                            none.bool()))
             break
-        count = tot[:, -1]
-        can = ((count >= min_samples_split) & (count >= 2 * min_samples_leaf)
-               & (criterion.impurity(tot[:, :m]) > _EPS) & (count > 0))
+        can = ((tot[:, -1] >= max(min_samples_split, 2 * min_samples_leaf, 1))    # enough rows, and
+               & (criterion.impurity(tot[:, :m]) > _EPS))                        # not pure
         allowed = None                                               # (F, d) features drawn per node
         if max_features is not None and max_features < d:
             r = torch.rand(F, d, generator=generator).to(dev)
@@ -616,21 +621,22 @@ def grow(X: torch.Tensor, stats: torch.Tensor, criterion, *, groups: torch.Tenso
             allowed.scatter_(1, r.topk(max_features, 1, largest=False).indices, True)
         miss = None                                                  # (F, d, m+1) stats of missing rows
         if has_missing:
-            r, j = nan[idx].nonzero(as_tuple=True)
+            r, j = (nan & act[:, None]).nonzero(as_tuple=True)
             miss = torch.zeros(F * d, m + 1, dtype=s1.dtype, device=dev).index_add_(
-                0, nid[r] * d + j, s1[idx[r]]).view(F, d, m + 1)
+                0, node_of[r] * d + j, s1[r]).view(F, d, m + 1)
         if max_bins is None:                 # exact: the rows sorted per feature, kept sorted
             if depth == 1:
-                keep = can[nid]
+                idx = act.nonzero().squeeze(1)
+                idx = idx[can[node_of[idx]]]
                 if sample_rows is not None and whole_numbers and groups is not None:
                     order = _root_order_of_draws(codes_of_rows, sample_rows, groups, n_groups)
                     order = order[:, can[groups[order[0]]]]          # node-major: same in every row
                 else:
-                    order = _root_order(codes, B + 1, idx[keep], nid[keep])
-                sizes = torch.bincount(nid[keep], minlength=F)
+                    order = _root_order(codes, B + 1, idx, node_of[idx])
+                sizes = torch.bincount(node_of[idx], minlength=F)
                 start = sizes.cumsum(0) - sizes
             else:
-                searched = (node_of >= 0) & can[node_of.clamp_min(0)]
+                searched = act & can[node_of.clamp_min(0)]
                 sizes = torch.bincount(node_of[searched], minlength=F)
                 new_start = torch.cat([sizes.cumsum(0) - sizes, sizes.sum().view(1)])
                 row_code = (1 - (node_of & 1) + 2 * (~searched).long()).int()   # bit 0: goes left
@@ -645,21 +651,22 @@ def grow(X: torch.Tensor, stats: torch.Tensor, criterion, *, groups: torch.Tenso
                 cell, W, B, criterion, node_of, tot, can, allowed, min_samples_leaf, miss, same)
         split = can & (best_gain > criterion.min_gain) & torch.isfinite(best_gain)
 
-        # route the samples of split nodes, and place the threshold
-        f_i = best_feat.index_select(0, nid)
-        goes_left = torch.take(codes, idx * d + f_i) <= best_bin.index_select(0, nid)
+        # route the rows of split nodes, and place the threshold
+        at = node_of.clamp_min(0)                                    # (n,) rows in leaves: masked
+        f_r = best_feat.index_select(0, at)[:, None]                 # (n, 1) each row's feature
+        goes_left = codes.gather(1, f_r)[:, 0] <= best_bin.index_select(0, at)
         present = None
         if has_missing:                                              # missing rows: the learned side
-            present = ~nan[idx, f_i]
-            goes_left = torch.where(present, goes_left, to_left[nid])
+            present = ~nan.gather(1, f_r)[:, 0]
+            goes_left = torch.where(present, goes_left, to_left.index_select(0, at))
         if max_bins is None:    # exact: half-way between the neighbouring values inside the node
             if present is None:
                 present = torch.ones_like(goes_left)
-            x_i = torch.take(X, idx * d + f_i)
-            lo = torch.full((F,), -math.inf, dtype=X.dtype, device=dev).scatter_reduce(
-                0, nid, torch.where(goes_left & present, x_i, -math.inf), "amax")
-            hi = torch.full((F,), math.inf, dtype=X.dtype, device=dev).scatter_reduce(
-                0, nid, torch.where(goes_left | ~present, math.inf, x_i), "amin")
+            x = X.gather(1, f_r)[:, 0]
+            lo = torch.full((F + 1,), -math.inf, dtype=X.dtype, device=dev).scatter_reduce(
+                0, node, torch.where(goes_left & present, x, -math.inf), "amax")[:F]
+            hi = torch.full((F + 1,), math.inf, dtype=X.dtype, device=dev).scatter_reduce(
+                0, node, torch.where(goes_left | ~present, math.inf, x), "amin")[:F]
             mid = lo / 2.0 + hi / 2.0
             threshold = torch.where((mid == hi) | ~torch.isfinite(mid), lo, mid)
         else:
@@ -668,10 +675,11 @@ def grow(X: torch.Tensor, stats: torch.Tensor, criterion, *, groups: torch.Tenso
                        split if to_left is None else to_left))
 
         rank = split.long().cumsum(0) - 1                            # index among split nodes
-        new = torch.full((n,), -1, dtype=torch.long, device=dev)
-        new[idx] = torch.where(split[nid], 2 * rank[nid] + (~goes_left).long(), -1)
-        left_child = torch.where(split, 2 * rank, -1)
-        node_of, F = new, 2 * (int(rank[-1]) + 1)
+        moving = act & split.index_select(0, at)
+        node_of = torch.where(moving, 2 * rank.index_select(0, at) + ~goes_left, -1)
+        if max_bins is None:
+            left_child = torch.where(split, 2 * rank, -1)
+        F = 2 * (int(rank[-1]) + 1)
 
     # the nodes of all levels, numbered level by level; split node r (in that order) has children
     # n_groups + 2 r and n_groups + 2 r + 1
