@@ -25,6 +25,13 @@ def test_features_rejects_bad_input(bad, message):
         _checks.features(bad, "X")
 
 
+def test_features_accepts_huge_finite_values_and_rejects_cancelling_infinities():
+    big = np.full((4, 2), 1e308)                                 # finite, but their sum overflows
+    assert torch.equal(_checks.features(big), torch.as_tensor(big))
+    with pytest.raises(ValueError, match="NaN or infinite"):     # inf - inf: the sum is NaN
+        _checks.features(np.array([[np.inf, -np.inf]]))
+
+
 def test_features_checks_the_feature_count_seen_in_fit():
     with pytest.raises(ValueError, match="has 3 features, but the estimator was fitted with 2"):
         _checks.features(torch.zeros(4, 3), n_features=2)

@@ -108,11 +108,11 @@ def test_cluster_means_from_the_one_hot_product():
 def test_assignment_is_argmin_and_breaks_ties_to_the_first_centre():
     X = torch.as_tensor(np.random.default_rng(3).normal(size=(50, 2)))
     C = torch.as_tensor(np.random.default_rng(4).normal(size=(2, 4, 2)))
-    labels, onehot = U._assign(X.T.contiguous(), C)
+    labels, onehot = U._assign(torch.cat([X, torch.ones(50, 1, dtype=X.dtype)], 1).T.contiguous(), C)
     assert torch.equal(labels, U.squared_distances(X, C).argmin(-1))
     assert torch.equal(onehot.argmax(1), labels) and torch.equal(onehot.sum(1), torch.ones(2, 50).double())
     C[0, 3] = C[0, 1]                                    # centres 1 and 3 coincide: every tie goes to 1
-    labels, onehot = U._assign(X.T.contiguous(), C)
+    labels, onehot = U._assign(torch.cat([X, torch.ones(50, 1, dtype=X.dtype)], 1).T.contiguous(), C)
     assert (labels[0] == 1).any() and not (labels[0] == 3).any()
     assert torch.equal(onehot.sum(1), torch.ones(2, 50).double())              # one centre per point
     assert torch.equal(onehot.argmax(1), labels)

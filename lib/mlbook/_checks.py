@@ -78,7 +78,9 @@ def features(X, name: str = "X", *, n_features: int | None = None, device=None,
         raise ValueError(f"{name} is empty: shape {tuple(X.shape)}")
     if n_features is not None and X.shape[1] != n_features:
         raise ValueError(f"{name} has {X.shape[1]} features, but the estimator was fitted with {n_features}")
-    if not torch.isfinite(X).all():
+    # a sum is finite only if every entry is (NaN and infinities propagate): look entry by entry
+    # only when it is not (it may also have overflowed)
+    if not bool(torch.isfinite(X.sum())) and not bool(torch.isfinite(X).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
     return X
 

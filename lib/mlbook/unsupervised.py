@@ -84,31 +84,36 @@ def kmeans_plusplus(X: torch.Tensor, n_clusters: int, *, n_init: int = 1,
     return torch.stack(centres, 1)                                               # (b, k, d)
 
 
-def _assign(Xt: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _assign(Xt1: torch.Tensor, centres: torch.Tensor,
+            out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest centre of every point for every restart. Implements (km-assign).
 
-    ``Xt`` is the data transposed, ``(d, n)`` (that layout makes the product about twice as fast on
-    the CPU). Minimises ``|c|^2 - 2 c.x`` (the ``|x|^2`` term is the same for every centre), with one
-    matrix product for all restarts together. Returns ``(labels (b, n), onehot (b, k, n))``: the
-    one-hot matrix (in ``Xt``'s dtype) is what the update (km-update) multiplies by, and it is made
+    ``Xt1`` is the data transposed with a row of ones appended, ``(d + 1, n)`` (the transposed
+    layout makes the product about twice as fast on the CPU). Minimises ``|c|^2 - 2 c.x`` (the
+    ``|x|^2`` term is the same for every centre) as one matrix product for all restarts together:
+    the rows ``(-2 c, |c|^2)`` times the columns ``(x, 1)``. Returns ``(labels (b, n), onehot (b, k, n))``: the
+    one-hot matrix (in ``Xt1``'s dtype) is what the update (km-update) multiplies by, and it is made
     in place from the scores, ``score == min over centres``, which is cheaper than an ``argmin``
     along the short ``k`` axis. A point exactly as near to two centres would get two ones; then
     (and only then) the matrix is rebuilt from the first nearest centre, as ``argmin`` breaks ties.
+    ``out``: a ``(b k, n)`` buffer to hold the scores, then the one-hot matrix (:func:`lloyd` passes
+    the same one every iteration: a fresh table of that size each time costs more than the product).
     """
     b, k, d = centres.shape
     flat = centres.reshape(b * k, d)
+    flat1 = torch.cat([-2 * flat, flat.square().sum(1, keepdim=True)], 1)         # (b k, d + 1)
 
     def scores():                                                                # (b, k, n)
-        return torch.addmm(flat.square().sum(1, keepdim=True), flat, Xt, alpha=-2).view(b, k, -1)
+        return torch.mm(flat1, Xt1, out=out).view(b, k, -1)
 
     s = scores()
     onehot = s.eq_(s.amin(1, keepdim=True))                                      # in place
-    index_and_one = torch.stack([torch.arange(k, dtype=Xt.dtype, device=Xt.device),
-                                 torch.ones(k, dtype=Xt.dtype, device=Xt.device)])   # (2, k)
+    index_and_one = torch.stack([torch.arange(k, dtype=Xt1.dtype, device=Xt1.device),
+                                 torch.ones(k, dtype=Xt1.dtype, device=Xt1.device)])   # (2, k)
     label, count = (index_and_one @ onehot).unbind(1)                            # (b, n) each
     if bool((count != 1).any()):                         # a tie: the first nearest centre wins
         labels = scores().min(1).indices
-        return labels, (labels.unsqueeze(1) == torch.arange(k, device=Xt.device).view(1, k, 1)).to(Xt.dtype)
+        return labels, (labels.unsqueeze(1) == torch.arange(k, device=Xt1.device).view(1, k, 1)).to(Xt1.dtype)
     return label.long(), onehot
 
 
@@ -139,9 +144,11 @@ def lloyd(X: torch.Tensor, centres: torch.Tensor, *, max_iter: int = 300, tol: f
     X = _checks.tensor(X, "X", ndim=2, floating=True)
     centres = _checks.tensor(centres, "centres", ndim=3, last_dim=X.shape[1], floating=True)
     b = centres.shape[0]
-    Xt = X.T.contiguous()                                                        # (d, n)
     X1 = torch.cat([X, torch.ones_like(X[:, :1])], 1)                            # (n, d + 1)
-    labels, onehot = _assign(Xt, centres)                                        # (b, n), (b, k, n)
+    Xt1 = X1.new_empty(X1.shape[1], len(X))                                      # (d + 1, n)
+    Xt1[:-1], Xt1[-1] = X.T, 1.0
+    table = X.new_empty(b * centres.shape[1], X.shape[0])                        # scores, one-hot
+    labels, onehot = _assign(Xt1, centres, table)                                # (b, n), (b, k, n)
     # a finished restart's update is discarded below, so its one-hot matrix may go stale
     active = torch.ones(b, dtype=torch.bool, device=X.device)
     n_iter = torch.zeros(b, dtype=torch.long, device=X.device)
@@ -150,7 +157,7 @@ def lloyd(X: torch.Tensor, centres: torch.Tensor, *, max_iter: int = 300, tol: f
         new = _means(X1, onehot, centres)
         new = torch.where(active.view(b, 1, 1), new, centres)
         shift = (new - centres).square().sum((1, 2))                             # (b,)
-        new_labels, onehot = _assign(Xt, new)
+        new_labels, onehot = _assign(Xt1, new, table)
         n_iter += active.long()
         changed = (new_labels != labels).any(1)
         labels = torch.where(active.unsqueeze(1), new_labels, labels)
@@ -160,8 +167,11 @@ def lloyd(X: torch.Tensor, centres: torch.Tensor, *, max_iter: int = 300, tol: f
         if not bool(active.any()):
             break
     # each point against its own centre only: n d work, not the n k d of all the distances
-    own = centres.gather(1, labels.unsqueeze(-1).expand(-1, -1, X.shape[1]))    # (b, n, d)
-    inertia = (X - own).square().sum((1, 2))                                     # (b,)
+    b, k, d = centres.shape
+    own = centres.reshape(b * k, d).index_select(0, (labels + k * torch.arange(b, device=X.device)[:, None])
+                                                 .view(-1)).view(b, -1, d)          # (b, n, d)
+    # summed squared differences in one pass (mse_loss with reduction="sum" is exactly that)
+    inertia = torch.stack([torch.nn.functional.mse_loss(own[r], X, reduction="sum") for r in range(b)])
     return centres, labels, inertia, n_iter, trace
 
 
