@@ -318,7 +318,7 @@ def _partition(order, pos_node, start, row_code, left_child, new_start):
     ``(d, s)`` instead of a sort.
     """
     # integer arithmetic rather than torch.where: several times faster on a CPU
-    c = row_code[order]                                                    # (d, s) int32
+    c = torch.take(row_code, order)                                        # (d, s) int32
     left, dropped = c & 1, c >> 1
     n_left = left.cumsum(1, dtype=torch.int32) - left                      # lefts before each position
     first = start[pos_node]                                                # (s,) old node's first position
@@ -327,9 +327,10 @@ def _partition(order, pos_node, start, row_code, left_child, new_start):
     child = left_child[pos_node].clamp_min(0)
     s_new = int(new_start[-1])
     at_left, at_right = new_start[child].int(), new_start[child + 1].int()   # (s,) children's starts
-    dest = at_right + p - n_left + left * (at_left - at_right - p + 2 * n_left)  # right, or left:
-    dest += dropped * (s_new - dest)                                       # at_left + n_left; dropped:
-    dest = dest.long()                                                     # a spare slot
+    # right: at_right + p - n_left; left: at_left + n_left, i.e. right + (at_left - at_right - p
+    # + 2 n_left); dropped: a spare slot, s_new. Fused multiply-adds: fewer passes over (d, s)
+    dest = torch.addcmul((at_right + p) - n_left, left, torch.add(at_left - at_right - p, n_left, alpha=2))
+    dest = torch.addcmul(dest, dropped, s_new - dest).long()
     out = torch.empty(order.shape[0], s_new + 1, dtype=order.dtype, device=order.device)
     return out.scatter_(1, dest, order)[:, :s_new]
 
@@ -388,7 +389,7 @@ def _search_sorted(codes, B, s1_t, criterion, order, pos_node, start, tot, can, 
         fj = feats[node].T                                           # (mf, c) the nodes' drawn features
         if allowed is not None and whole_numbers:
             o = o.gather(0, fj)                                      # (mf, c) rows of the drawn features
-        S = s1_t[:, o]                                               # (m+1, d or mf, c)
+        S = s1_t.index_select(1, o.reshape(-1)).view(m1, *o.shape)   # (m+1, d or mf, c)
         S[:, :, 0] += carry
         C = S.cumsum(2)                                              # running sum down each feature
         carry = C[:, :, -1]
