@@ -318,7 +318,7 @@ def _partition(order, pos_node, start, row_code, left_child, new_start):
     ``(d, s)`` instead of a sort.
     """
     # integer arithmetic rather than torch.where: several times faster on a CPU
-    c = torch.take(row_code, order)                                        # (d, s) int32
+    c = row_code.index_select(0, order.reshape(-1)).view(order.shape)      # (d, s) int32
     left, dropped = c & 1, c >> 1
     n_left = left.cumsum(1, dtype=torch.int32) - left                      # lefts before each position
     first = start[pos_node]                                                # (s,) old node's first position
@@ -330,7 +330,8 @@ def _partition(order, pos_node, start, row_code, left_child, new_start):
     # right: at_right + p - n_left; left: at_left + n_left, i.e. right + (at_left - at_right - p
     # + 2 n_left); dropped: a spare slot, s_new. Fused multiply-adds: fewer passes over (d, s)
     dest = torch.addcmul((at_right + p) - n_left, left, torch.add(at_left - at_right - p, n_left, alpha=2))
-    dest = torch.addcmul(dest, dropped, s_new - dest).long()
+    dest = torch.addcmul(dest, dropped, s_new - dest,                      # int64 for the scatter,
+                         out=torch.empty(dest.shape, dtype=torch.long, device=dest.device))  # cast in the op
     out = torch.empty(order.shape[0], s_new + 1, dtype=order.dtype, device=order.device)
     return out.scatter_(1, dest, order)[:, :s_new]
 
@@ -399,7 +400,8 @@ def _search_sorted(codes, B, s1_t, criterion, order, pos_node, start, tot, can, 
         L = (C - before[:, None, node]).permute(1, 2, 0)             # (mf, c, m+1) left child of each cut
         P = tot_t[:, None, node].permute(1, 2, 0)                    # (1, c, m+1) the parent
         R = P - L
-        scode = torch.take(codes, o * d + fj)                        # (mf, c) value code at each position
+        flat = o * d + fj.to(o.dtype)                                # (mf, c) entry of codes (n, d)
+        scode = codes.view(-1).index_select(0, flat.reshape(-1)).view(o.shape)   # value code at each position
         cut = torch.zeros_like(scode, dtype=torch.bool)              # a cut after position p: p + 1 is
         cut[:, :-1] = (node[1:] == node[:-1]) & (scode[:, 1:] != scode[:, :-1])   # in the node, new value
         ok = cut & (L[..., -1] >= min_leaf) & (R[..., -1] >= min_leaf)
@@ -634,6 +636,8 @@ def grow(X: torch.Tensor, stats: torch.Tensor, criterion, *, groups: torch.Tenso
                     order = order[:, can[groups[order[0]]]]          # node-major: same in every row
                 else:
                     order = _root_order(codes, B + 1, idx, node_of[idx])
+                if n * d < 2 ** 31:          # row ids as int32: half the bytes to move every level
+                    order = order.int()
                 sizes = torch.bincount(node_of[idx], minlength=F)
                 start = sizes.cumsum(0) - sizes
             else:
