@@ -274,10 +274,12 @@ def test_partition_equals_a_stable_sort_by_child_then_value():
     side = torch.randint(0, 2, (12,), generator=g)                        # 0: left, 1: right
     child = torch.where(node == 0, side, torch.where((node == 2) & (side == 1), 3, -1))
     sizes = torch.bincount(child[child >= 0], minlength=4)
-    new_start = torch.cat([sizes.cumsum(0) - sizes, sizes.sum().view(1)])
-    row_code = (1 - side + 2 * (child < 0).long()).int()
-    out = trees._partition(order, node[order[0]], torch.tensor([0, 4, 7]), row_code,
-                           torch.tensor([0, -1, 2]), new_start)
+    s_new = int(sizes.sum())
+    child_start = sizes.cumsum(0) - sizes
+    child_start[2] = s_new                                                # child 2 is a leaf
+    child_start = torch.cat([child_start, torch.tensor([s_new, s_new])])
+    out = trees._partition(order, node[order[0]], torch.tensor([0, 4, 7]), (1 - side).int(),
+                           torch.tensor([0, -1, 2]), child_start, s_new)
     kept = torch.arange(12)[child >= 0]
     for j in range(2):
         expect = kept[torch.sort(child[kept] * 3 + codes[kept, j], stable=True).indices]

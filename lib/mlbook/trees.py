@@ -304,35 +304,35 @@ def _root_order_of_draws(codes, sample_rows, groups, n_groups):
     return order
 
 
-def _partition(order, pos_node, start, row_code, left_child, new_start):
-    """Stable partition of the sorted rows of every feature as their nodes split, ``(d, s)`` -> ``(d, s')``.
+def _partition(order, pos_node, start, goes_left, left_child, child_start, s_new):
+    """Stable partition of the sorted rows of every feature as their nodes split, ``(d, s)`` -> ``(d, s_new)``.
 
     ``order`` ``(d, s)`` holds row ids node-major (position ``p`` belongs to node ``pos_node[p]``,
     whose first position is ``start[node]``), each node's rows sorted by that feature.
-    ``row_code[row]`` (int32): bit 0 set if the row goes left, bit 1 set if its child is not
-    searched (a leaf). A split node ``k``'s children are ``left_child[k]`` and ``left_child[k] + 1``,
-    whose rows start at ``new_start[child]``. Within each old node the left rows come first, then
-    the right ones, each in their old order, so a row's new position is its child's start plus the
-    number of rows before it in the old node that go the same way: one running count of left rows
-    gives both. That is what a stable sort by (new node, value) gives, for a few passes over
-    ``(d, s)`` instead of a sort.
+    ``goes_left[row]`` (int32): 1 if the row goes left. A split node ``k``'s children are
+    ``left_child[k]`` and ``left_child[k] + 1`` (``-1``: ``k`` did not split), whose rows start at
+    ``child_start[child]``; a child that is not searched further (a leaf) starts at ``s_new``, past
+    the end, and so do the last two entries, which serve the nodes that did not split. Within each
+    old node the left rows come first, then the right ones, each in their old order, so a row's new
+    position is its child's start plus the number of rows before it in the old node that go the
+    same way: one running count of left rows gives both. That is what a stable sort by (new node,
+    value) gives, for a few passes over ``(d, s)`` instead of a sort. Rows of leaves land past
+    ``s_new`` and are cut off.
     """
     # integer arithmetic rather than torch.where: several times faster on a CPU
-    c = row_code.index_select(0, order.reshape(-1)).view(order.shape)      # (d, s) int32
-    left, dropped = c & 1, c >> 1
+    left = goes_left.index_select(0, order.reshape(-1)).view(order.shape)  # (d, s) int32
     n_left = left.cumsum(1, dtype=torch.int32) - left                      # lefts before each position
     first = start[pos_node]                                                # (s,) old node's first position
     n_left -= n_left.index_select(1, first)                                # ... within the old node
     p = (torch.arange(len(pos_node), device=order.device) - first).int()   # (s,) rows before, in the node
-    child = left_child[pos_node].clamp_min(0)
-    s_new = int(new_start[-1])
-    at_left, at_right = new_start[child].int(), new_start[child + 1].int()   # (s,) children's starts
+    child = left_child[pos_node]
+    child = torch.where(child >= 0, child, len(child_start) - 2)
+    at_left, at_right = child_start[child].int(), child_start[child + 1].int()   # (s,) children's starts
     # right: at_right + p - n_left; left: at_left + n_left, i.e. right + (at_left - at_right - p
-    # + 2 n_left); dropped: a spare slot, s_new. Fused multiply-adds: fewer passes over (d, s)
-    dest = torch.addcmul((at_right + p) - n_left, left, torch.add(at_left - at_right - p, n_left, alpha=2))
-    dest = torch.addcmul(dest, dropped, s_new - dest,                      # int64 for the scatter,
-                         out=torch.empty(dest.shape, dtype=torch.long, device=dest.device))  # cast in the op
-    out = torch.empty(order.shape[0], s_new + 1, dtype=order.dtype, device=order.device)
+    # + 2 n_left): one fused multiply-add, cast to int64 for the scatter inside the same pass
+    dest = torch.addcmul((at_right + p) - n_left, left, torch.add(at_left - at_right - p, n_left, alpha=2),
+                         out=torch.empty(order.shape, dtype=torch.long, device=order.device))
+    out = torch.empty(order.shape[0], s_new + order.shape[1], dtype=order.dtype, device=order.device)
     return out.scatter_(1, dest, order)[:, :s_new]
 
 
@@ -643,10 +643,12 @@ def grow(X: torch.Tensor, stats: torch.Tensor, criterion, *, groups: torch.Tenso
             else:
                 searched = act & can[node_of.clamp_min(0)]
                 sizes = torch.bincount(node_of[searched], minlength=F)
-                new_start = torch.cat([sizes.cumsum(0) - sizes, sizes.sum().view(1)])
-                row_code = (1 - (node_of & 1) + 2 * (~searched).long()).int()   # bit 0: goes left
-                order = _partition(order, pos_node, start, row_code, left_child, new_start)
-                start = new_start[:-1]
+                new_start = sizes.cumsum(0) - sizes
+                s_new = int(sizes.sum())
+                child_start = torch.cat([torch.where(can, new_start, s_new), new_start.new_full((2,), s_new)])
+                order = _partition(order, pos_node, start, (1 - (node_of & 1)).int(), left_child,
+                                   child_start, s_new)
+                start = new_start
             pos_node = torch.repeat_interleave(torch.arange(F, device=dev), sizes)
             best_gain, best_feat, best_bin, feat_best, to_left = _search_sorted(
                 codes, B, s1_t, criterion, order, pos_node, start, tot, can, allowed, min_samples_leaf, miss,
