@@ -428,16 +428,16 @@ def _search_sorted(codes, B, s1_t, criterion, order, pos_node, start, tot, can, 
     return best_gain, best_key // 2 // B, best_key // 2 % B, feat_best, best_key % 2 == 1
 
 
-def _search_hist(cell, W, B, criterion, node_of, tot, can, allowed, min_leaf, miss=None, same=()):
+def _search_hist(cell, W, B, criterion, node, tot, can, allowed, min_leaf, miss=None, same=()):
     """Histogram split search: sum the rows' statistics into (node, feature, bin) cells, cumsum over bins.
 
     ``cell`` ``(n, d)``: each entry's cell within a node, ``feature * bins + code``; ``W``
     ``(m+1, n d)``: each row's statistics repeated once per feature, in the same row-major order.
-    :func:`grow` forms both once per tree. ``node_of`` ``(n,)``: each row's node in this level, -1
-    for rows that already sit in a leaf. Rows outside the nodes being searched are summed into one
-    spare node that is then dropped: when every searched node fits in one pass (the usual case),
-    the pass runs over all ``n d`` entries with no copying of rows at all. Each cell adds its rows in
-    row order, as a loop over features would.
+    :func:`grow` forms both once per tree. ``node`` ``(n,)``: each row's node in this level, ``F``
+    (one past the last) for rows that already sit in a leaf. Rows outside the nodes being searched
+    are summed into that spare node, which is then dropped: when every searched node fits in one
+    pass (the usual case), the pass runs over all ``n d`` entries with no copying of rows at all.
+    Each cell adds its rows in row order, as a loop over features would.
 
     With ``miss`` (not ``None``: some value is missing) the histogram gets one more bin, the missing
     rows' (code ``B``), and every cut is scored with them sent right and left, eq. (ens-xgb-missing).
@@ -459,12 +459,11 @@ def _search_hist(cell, W, B, criterion, node_of, tot, can, allowed, min_leaf, mi
     for start in range(0, len(cand), chunk):
         nodes = cand[start:start + chunk]
         C = len(nodes)
-        if C == F:                                                   # every node: F is the spare
-            loc = node_of.remainder(F + 1)                           # (n,) -1 -> F
-        else:
-            local = torch.full((F + 1,), C, dtype=torch.long, device=dev)   # C: the spare node;
-            local[nodes] = torch.arange(C, device=dev)               # the last entry serves -1
-            loc = local[node_of]                                     # (n,)
+        loc = node                                                   # (n,) node within this pass
+        if C < F:
+            local = torch.full((F + 1,), C, dtype=torch.long, device=dev)   # C: the spare node
+            local[nodes] = torch.arange(C, device=dev)
+            loc = local[node]
         cells, w = cell, W
         if C < len(cand):                                            # several passes: this one's rows
             keep = loc < C
@@ -655,7 +654,7 @@ def grow(X: torch.Tensor, stats: torch.Tensor, criterion, *, groups: torch.Tenso
                 whole_numbers)
         else:
             best_gain, best_feat, best_bin, feat_best, to_left = _search_hist(
-                cell, W, B, criterion, node_of, tot, can, allowed, min_samples_leaf, miss, same)
+                cell, W, B, criterion, node, tot, can, allowed, min_samples_leaf, miss, same)
         split = can & (best_gain > criterion.min_gain) & torch.isfinite(best_gain)
 
         # route the rows of split nodes, and place the threshold
