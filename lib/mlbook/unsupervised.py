@@ -91,13 +91,15 @@ def _assign(Xt1: torch.Tensor, centres: torch.Tensor,
     ``Xt1`` is the data transposed with a row of ones appended, ``(d + 1, n)`` (the transposed
     layout makes the product about twice as fast on the CPU). Minimises ``|c|^2 - 2 c.x`` (the
     ``|x|^2`` term is the same for every centre) as one matrix product for all restarts together:
-    the rows ``(-2 c, |c|^2)`` times the columns ``(x, 1)``. Returns ``(labels (b, n), onehot (b, k, n))``: the
-    one-hot matrix (in ``Xt1``'s dtype) is what the update (km-update) multiplies by, and it is made
-    in place from the scores, ``score == min over centres``, which is cheaper than an ``argmin``
-    along the short ``k`` axis. A point exactly as near to two centres would get two ones; then
-    (and only then) the matrix is rebuilt from the first nearest centre, as ``argmin`` breaks ties.
-    ``out``: a ``(b k, n)`` buffer to hold the scores, then the one-hot matrix (:func:`lloyd` passes
-    the same one every iteration: a fresh table of that size each time costs more than the product).
+    the rows ``(-2 c, |c|^2)`` times the columns ``(x, 1)``.
+
+    Returns ``(labels (b, n), onehot (b, k, n))``. The one-hot matrix (in ``Xt1``'s dtype) is what
+    the update (km-update) multiplies by; it is made in place from the scores, ``score == min over
+    centres``, which is cheaper than an ``argmin`` along the short ``k`` axis. A point exactly as
+    near to two centres would get two ones; then (and only then) the matrix is rebuilt from the
+    first nearest centre, as ``argmin`` breaks ties. ``out``: a ``(b k, n)`` buffer for the scores,
+    then the one-hot matrix (:func:`lloyd` passes the same one every iteration: a fresh table of
+    that size each time costs more than the product).
     """
     b, k, d = centres.shape
     flat = centres.reshape(b * k, d)
@@ -113,7 +115,8 @@ def _assign(Xt1: torch.Tensor, centres: torch.Tensor,
     label, count = (index_and_one @ onehot).unbind(1)                            # (b, n) each
     if bool((count != 1).any()):                         # a tie: the first nearest centre wins
         labels = scores().min(1).indices
-        return labels, (labels.unsqueeze(1) == torch.arange(k, device=Xt1.device).view(1, k, 1)).to(Xt1.dtype)
+        centre = torch.arange(k, device=Xt1.device).view(1, k, 1)
+        return labels, (labels.unsqueeze(1) == centre).to(Xt1.dtype)
     return label.long(), onehot
 
 
@@ -168,8 +171,8 @@ def lloyd(X: torch.Tensor, centres: torch.Tensor, *, max_iter: int = 300, tol: f
             break
     # each point against its own centre only: n d work, not the n k d of all the distances
     b, k, d = centres.shape
-    own = centres.reshape(b * k, d).index_select(0, (labels + k * torch.arange(b, device=X.device)[:, None])
-                                                 .view(-1)).view(b, -1, d)          # (b, n, d)
+    row = labels + k * torch.arange(b, device=X.device)[:, None]                # (b, n) into (b k)
+    own = centres.reshape(b * k, d).index_select(0, row.view(-1)).view(b, -1, d)   # (b, n, d)
     # summed squared differences in one pass (mse_loss with reduction="sum" is exactly that)
     inertia = torch.stack([torch.nn.functional.mse_loss(own[r], X, reduction="sum") for r in range(b)])
     return centres, labels, inertia, n_iter, trace
