@@ -159,6 +159,7 @@ class _Forest(_TensorScoring, BaseEstimator):
                             max_depth=self.max_depth, min_samples_leaf=self.min_samples_leaf,
                             max_features=self.max_features_, max_bins=None if exact else self.max_bins,
                             generator=gen, sample_rows=flat if exact else None)
+        self.forest_.train_leaf = None                  # a by-product of growing, not kept
 
     def _check_X(self, X):
         return _check_X(self, X, "forest_")

@@ -210,7 +210,8 @@ class Tree:
     impurity: torch.Tensor | None = None   # (nodes,) float64 impurity I of the node's rows
     weight: torch.Tensor | None = None     # (nodes,) float64 weighted size N of the node
     missing_left: torch.Tensor | None = None   # (nodes,) bool default direction of NaN; None: right
-    train_leaf: torch.Tensor | None = None     # (n,) long leaf of each training row (set by grow)
+    train_leaf: torch.Tensor | None = None     # (n,) long leaf of each training row (set by grow;
+                                               # boosting reads it, fitted estimators drop it)
 
     @property
     def n_leaves(self) -> int:
@@ -1019,6 +1020,7 @@ class _TreeParams(_TensorScoring, BaseEstimator):
                     max_features=None if self.max_features is None else min(self.max_features, X.shape[1]),
                     max_bins=None if self.splitter == "exact" else self.max_bins,
                     generator=torch.Generator().manual_seed(self.random_state), **kw)
+        tree.train_leaf = None                          # a by-product of growing, not kept
         if self.ccp_alpha > 0:
             tree = prune(tree, self.ccp_alpha)
         return tree
